@@ -1,0 +1,1 @@
+"""Task records: one TOML file per task, read by app.tasks (the single source of truth)."""
