@@ -1,0 +1,198 @@
+"""Core commands: ask, adapters, info, models."""
+from __future__ import annotations
+
+import sys
+import threading
+
+
+def register(sub, common):
+    from app.tasks import task_names
+
+    p = sub.add_parser("ask", parents=[common], help="answer one input with a task's adapter (streams)")
+    p.add_argument("--task", required=True, choices=task_names())
+    p.add_argument("--no-adapter", action="store_true", help="use the base model alone")
+    p.add_argument("--max-tokens", type=int, help="answer length limit (default: the task's)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task option, e.g. length=short for summarize")
+    p.add_argument("--stats", action="store_true", help="print speed and memory to stderr")
+    p.add_argument("text", help="the input; - reads stdin")
+    p.set_defaults(func=cmd_ask)
+
+    a = sub.add_parser("adapters", help="list, add or remove task adapters")
+    asub = a.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+    lp = asub.add_parser("list", help="each task's adapters: base model, rank, size, source")
+    lp.set_defaults(func=cmd_adapters_list)
+    ap = asub.add_parser("add", help="register an adapter folder (MLX or PEFT format) for a task")
+    ap.add_argument("task", choices=task_names())
+    ap.add_argument("folder")
+    ap.add_argument("--name", help="name in the store (default: the folder's name)")
+    ap.set_defaults(func=cmd_adapters_add)
+    rp = asub.add_parser("remove", help="delete an adapter from the store")
+    rp.add_argument("task", choices=task_names())
+    rp.add_argument("name")
+    rp.set_defaults(func=cmd_adapters_remove)
+    a.set_defaults(adapters_sub=asub, common=common)
+
+    i = sub.add_parser("info", parents=[common], help="engine, device, model, adapters and versions")
+    i.add_argument("--no-load", action="store_true", help="do not load the model")
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("models", help="supported and local base models")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = msub.add_parser("list", help="the supported models and the ones on this machine")
+    ml.set_defaults(func=cmd_models_list)
+    m.set_defaults(models_sub=msub)
+
+
+def _read_text(text: str) -> str:
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        raise ValueError("the input is empty")
+    return text
+
+
+def cmd_ask(args) -> int:
+    from app.session import open_session
+    from app.tasks import get_task
+
+    task = get_task(args.task)
+    text = _read_text(args.text)
+    options = dict(o.split("=", 1) for o in args.option)
+    messages = task.messages(text, **options)  # validates options before loading anything
+    settings = task.generation.replace(max_tokens=args.max_tokens, temperature=args.temperature)
+    session = open_session(args.model, args.engine, tasks=[] if args.no_adapter else [task.name])
+    engine = session.engine
+    engine.activate(None if args.no_adapter or task.name not in engine.adapters else task.name)
+    cancel = threading.Event()
+    last = None
+    try:
+        for chunk in engine.stream_generate(messages, settings, cancel):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            last = chunk
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    sys.stdout.write("\n")
+    if args.stats and last is not None:
+        print(f"[{engine.kind} | adapter: {engine.active or 'none'} | prompt {last.prompt_tokens} tok "
+              f"{last.prompt_tps:.1f} tok/s | {last.generation_tokens} tok {last.generation_tps:.1f} tok/s | "
+              f"first token {last.time_to_first_token:.2f}s | peak {last.peak_memory:.2f} GB | {last.finish_reason}]",
+              file=sys.stderr)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def adapter_rows() -> list[dict]:
+    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app."""
+    from app.engine.adapter_format import read_adapter
+    from app.engine.base import EngineError
+    from app.engine.store import adapter_folder, current
+    from app.tasks import task_names
+
+    rows = []
+    for task in task_names():
+        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": ""}
+        try:
+            folder = adapter_folder(task)
+        except EngineError as e:
+            folder, row["source"] = None, str(e)
+        if folder is None:
+            row["source"] = row["source"] or f"none (loradesk train --task {task})"
+            rows.append(row)
+            continue
+        stored = current(task)
+        try:
+            w = read_adapter(folder)
+            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
+                       size=_size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
+                       source=stored.source if stored and stored.path == folder else str(folder),
+                       metadata=w.metadata)
+        except EngineError as e:
+            row.update(name=folder.name, source=f"unusable: {e}")
+        rows.append(row)
+    return rows
+
+
+def cmd_adapters_list(args) -> int:
+    rows = adapter_rows()
+    head = ("task", "adapter", "format", "rank", "size", "base model", "source")
+    table = [head] + [(r["task"], r["name"] or "-", r["format"], str(r["rank"]), r["size"],
+                       r["base_model"], r["source"]) for r in rows]
+    widths = [max(len(str(row[i])) for row in table[:]) for i in range(len(head) - 1)]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def cmd_adapters_add(args) -> int:
+    from app.engine import store
+
+    entry = store.add(args.task, args.folder, name=args.name)
+    print(f"found a {entry.format.upper()} adapter in {args.folder}; registered as {entry.name!r} for "
+          f"task {args.task} ({entry.path})")
+    return 0
+
+
+def cmd_adapters_remove(args) -> int:
+    from app.engine import store
+
+    store.remove(args.task, args.name)
+    print(f"removed adapter {args.name!r} of task {args.task}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import importlib.metadata as md
+    import platform
+
+    from app import paths
+    from app.engine import default_engine
+    from app.session import choose_engine, choose_model
+
+    kind = choose_engine(args.engine)
+    auto, why = default_engine()
+    print(f"engine:   {kind}" + (f" ({why})" if kind == auto and not args.engine else " (chosen)"))
+    print(f"model:    {choose_model(args.model, kind)}")
+    print(f"home:     {paths.home()}")
+    print(f"platform: {platform.system()} {platform.machine()}, Python {platform.python_version()}")
+    versions = []
+    for pkg in ("mlx", "mlx-lm", "torch", "transformers", "peft", "PySide6-Essentials"):
+        try:
+            versions.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            versions.append(f"{pkg} -")
+    print("versions: " + ", ".join(versions))
+    if not args.no_load:
+        from app.session import open_session
+
+        s = open_session(args.model, args.engine, warn=False)
+        info = s.engine.model_info
+        print(f"device:   {getattr(s.engine, 'device', 'cpu' if kind == 'torch' else 'mlx default')}")
+        print(f"loaded:   {info.path} ({info.model_type}, {info.quantization or 'unquantized'}, {_size(info.bytes)})")
+        for name, a in s.engine.adapters.items():
+            print(f"adapter:  {name}: {a.format}, rank {a.rank}, {a.modules} layers, {_size(a.bytes)}")
+        for task, why in s.problems.items():
+            print(f"adapter:  {task}: {why}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models
+
+    for i, m in enumerate(SUPPORTED):
+        here = [r for r in (m.mlx_repo, m.torch_repo) if (local_repo_folder(r) / ".complete").exists()]
+        mark = "*" if i == DEFAULT_INDEX else " "
+        print(f"{mark} {m.label:24} mlx: {m.mlx_repo:45} torch: {m.torch_repo:36}"
+              + (" [downloaded]" if here else ""))
+    for name, folder in registered_models().items():
+        print(f"  {name:24} local: {folder}")
+    return 0

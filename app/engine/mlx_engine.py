@@ -1,0 +1,282 @@
+"""The MLX engine: a (quantized) mlx-lm model whose linear layers carry every resident adapter.
+
+Each adapted linear layer is wrapped once in `MultiLoRALinear`, which holds the LoRA pairs of all
+adapters that target it and reads the active adapter's name from one `ActiveAdapter` object shared
+by every layer. Switching adapters assigns that one name: no weights move, nothing is reloaded or
+re-quantized. All MLX work runs on the MLX thread (see mlx_thread.py).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from app.engine import mlx_thread
+from app.engine.adapter_format import LoraWeights, check_against_model, fingerprint_of, read_adapter
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
+from app.tasks import GenerationSettings
+
+
+class ActiveAdapter:
+    """The one piece of state a switch changes, shared by every MultiLoRALinear of a model."""
+
+    __slots__ = ("name",)
+
+    def __init__(self):
+        self.name: str | None = None
+
+
+class MultiLoRALinear(nn.Module):
+    """y = base(x) + (x A) (s B) for the active adapter, or base(x) when it has none here."""
+
+    def __init__(self, base: nn.Module, active: ActiveAdapter):
+        super().__init__()
+        self.base = base
+        # Plain objects (not dict/list/array) stay out of the module's parameter tree.
+        self._active = active
+        self._lora = _Pairs()
+
+    def __call__(self, x):
+        y = self.base(x)
+        pair = self._lora.pairs.get(self._active.name)
+        if pair is None:
+            return y
+        a, b = pair
+        return y + ((x @ a) @ b).astype(y.dtype)
+
+
+class _Pairs:
+    """Holds name -> (A, scale * B). Not a dict itself: mlx.nn.Module would take a dict attribute
+    for a parameter subtree (and train, save and count it)."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self):
+        self.pairs: dict[str, tuple[mx.array, mx.array]] = {}
+
+
+def _in_out(layer: nn.Module) -> tuple[int, int]:
+    out_f, in_f = layer.weight.shape
+    if isinstance(layer, nn.QuantizedLinear):
+        in_f = in_f * 32 // layer.bits
+    return in_f, out_f
+
+
+def _weight_dtype(layer: nn.Module):
+    if isinstance(layer, nn.QuantizedLinear):
+        return layer.scales.dtype
+    return layer.weight.dtype
+
+
+class MLXEngine(Engine):
+    kind = "mlx"
+
+    def __init__(self):
+        super().__init__()
+        self.model = None
+        self.tokenizer = None
+        self._active = ActiveAdapter()
+        self._wrapped: dict[str, MultiLoRALinear] = {}
+        self._linears: dict[str, nn.Module] = {}
+
+    # -- model --------------------------------------------------------------------------
+    def load(self, model_ref) -> ModelInfo:
+        from app.models import resolve_model
+
+        path = resolve_model(model_ref, engine="mlx")
+        with self._lock:
+            return mlx_thread.call(self._load, str(model_ref), path)
+
+    def _load(self, ref: str, path: Path) -> ModelInfo:
+        import mlx_lm
+
+        try:
+            model, tokenizer, config = mlx_lm.load(str(path), return_config=True)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise EngineError(f"could not load model from {path}: {e}") from None
+        self.model, self.tokenizer = model, tokenizer
+        self.adapters.clear()
+        self._active = ActiveAdapter()
+        self._wrapped.clear()
+        self._linears = {
+            name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.QuantizedLinear)) and ".layers." in f".{name}"
+        }
+        q = config.get("quantization")
+        self.model_info = ModelInfo(
+            ref=ref, path=Path(path), model_type=config.get("model_type", "?"),
+            fingerprint={**fingerprint_of(config), "max_position_embeddings": config.get("max_position_embeddings", 4096)},
+            quantization=f"{q['bits']}-bit (group {q['group_size']})" if q else None,
+            bytes=sum(p.stat().st_size for p in Path(path).glob("*.safetensors")),
+        )
+        self.active = None
+        return self.model_info
+
+    # -- adapters -----------------------------------------------------------------------
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        return {name: _in_out(m) for name, m in self._linears.items()}
+
+    def add_adapter(self, name: str, folder) -> AdapterInfo:
+        info = self.require_model()
+        weights = read_adapter(folder)  # file reading and format checks: any thread
+        fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
+        check_against_model(weights, self.linear_shapes(), fp, f"{name!r} ({folder})", f"the loaded model ({info.ref})")
+        with self._lock:
+            return mlx_thread.call(self._add, name, Path(folder), weights)
+
+    def add_weights(self, name: str, weights: LoraWeights, folder: Path | None = None) -> AdapterInfo:
+        """Add adapter weights already in memory (e.g. just trained)."""
+        info = self.require_model()
+        fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
+        check_against_model(weights, self.linear_shapes(), fp, repr(name), f"the loaded model ({info.ref})")
+        with self._lock:
+            return mlx_thread.call(self._add, name, folder or Path("."), weights)
+
+    def _add(self, name: str, folder: Path, weights: LoraWeights) -> AdapterInfo:
+        # Runs on the MLX thread; the caller holds self._lock.
+        if name in self.adapters:
+            self._drop(name)
+        arrays = []
+        for mod_name, m in weights.modules.items():
+            dtype = _weight_dtype(self._linears[mod_name])
+            a = mx.array(m.a).astype(dtype)
+            b = mx.array(m.b * m.scale).astype(dtype)  # scale folded into B once, here
+            arrays += [a, b]
+            self._wrap(mod_name)._lora.pairs[name] = (a, b)
+        mx.eval(arrays)
+        self.adapters[name] = AdapterInfo(
+            name=name, path=folder, format=weights.format, rank=weights.rank, scale=weights.scale,
+            modules=len(weights.modules), bytes=weights.nbytes(), base_model=weights.base_model,
+            metadata=weights.metadata,
+        )
+        return self.adapters[name]
+
+    def _wrap(self, mod_name: str) -> MultiLoRALinear:
+        wrapper = self._wrapped.get(mod_name)
+        if wrapper is None:
+            from mlx.utils import tree_unflatten
+
+            wrapper = MultiLoRALinear(self._linears[mod_name], self._active)
+            self.model.update_modules(tree_unflatten([(mod_name, wrapper)]))
+            self._wrapped[mod_name] = wrapper
+        return wrapper
+
+    def _drop(self, name: str):
+        for wrapper in self._wrapped.values():
+            wrapper._lora.pairs.pop(name, None)
+        del self.adapters[name]
+        if self.active == name:
+            self.active = self._active.name = None
+
+    def remove_adapter(self, name: str) -> None:
+        self.check_adapter_name(name)
+        with self._lock:
+            self._drop(name)
+
+    def activate(self, name: str | None) -> None:
+        if name is not None and name not in self.adapters:
+            self.check_adapter_name(name)
+        with self._lock:  # waits for a running generation: never mix adapters in one answer
+            self._active.name = name
+            self.active = name
+
+    # -- text ---------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        tok = self.tokenizer
+        bos = tok.bos_token
+        # mlx-lm's rule: add special tokens unless the text already starts with BOS.
+        return list(tok.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+
+    def decode(self, tokens) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return chat_prompt(self.tokenizer, messages)
+
+    def _stream_tokens(self, prompt: str, settings: GenerationSettings) -> Iterator[tuple[str, dict]]:
+        tokens = self.encode(prompt)
+        return mlx_thread.iterate(lambda: self._mlx_stream(tokens, settings))
+
+    def _mlx_stream(self, tokens, settings: GenerationSettings):
+        import mlx_lm
+        from mlx_lm.sample_utils import make_sampler
+
+        if settings.seed is not None:
+            mx.random.seed(settings.seed)
+        sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p)
+        for r in mlx_lm.stream_generate(
+            self.model, self.tokenizer, mx.array(tokens), max_tokens=settings.max_tokens, sampler=sampler
+        ):
+            yield r.text, {
+                "prompt_tokens": r.prompt_tokens, "prompt_tps": r.prompt_tps,
+                "generation_tokens": r.generation_tokens, "generation_tps": r.generation_tps,
+                "peak_memory": r.peak_memory, "finish_reason": r.finish_reason,
+            }
+
+    def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
+        self.require_model()
+        ctx, cont = split_for_loglikelihood(self.encode, context, continuation)
+        with self._lock:
+            return mlx_thread.call(self._loglikelihood, ctx, cont)
+
+    def _loglikelihood(self, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+        inp = mx.array((ctx + cont)[:-1])[None]
+        logits = self.model(inp)[0, len(ctx) - 1:].astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        target = mx.array(cont)
+        picked = mx.take_along_axis(logprobs, target[:, None], axis=-1).squeeze(-1)
+        greedy = mx.all(mx.argmax(logprobs, axis=-1) == target)
+        return float(picked.sum().item()), bool(greedy.item())
+
+    def next_token_logits(self, text: str) -> np.ndarray:
+        """Logits for the token after `text` (float32), for parity checks."""
+        tokens = self.encode(text)
+
+        def run():
+            return np.array(self.model(mx.array(tokens)[None])[0, -1].astype(mx.float32))
+
+        with self._lock:
+            return mlx_thread.call(run)
+
+    def memory_bytes(self) -> int:
+        return mlx_thread.call(mx.get_active_memory)
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """Apply the tokenizer's chat template; fold the system prompt into the first user turn for
+    templates that refuse a system role (Gemma); plain text for models without a template."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # jinja raises TemplateError("System role not supported")
+        if not messages or messages[0]["role"] != "system" or "system" not in str(e).lower():
+            raise EngineError(f"the model's chat template failed: {e}") from None
+        system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+        if rest and rest[0]["role"] == "user":
+            rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+        return tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=False)
+
+
+def split_for_loglikelihood(encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and continuation as lm-eval-harness splits them: trailing spaces of the
+    context move to the continuation, and the continuation is what encoding the whole adds."""
+    if not continuation:
+        raise ValueError("continuation must not be empty")
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole = encode(context + continuation)
+    ctx = encode(context) if context else []
+    if whole[: len(ctx)] != ctx or len(ctx) == len(whole):
+        cont = encode(continuation)
+    else:
+        cont = whole[len(ctx):]
+    if not ctx:
+        raise ValueError("context must not be empty")
+    return ctx, cont

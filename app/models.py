@@ -1,0 +1,123 @@
+"""Base models: the supported list, and turning a model reference into a local folder.
+
+A reference is a local folder, a name registered in the model store (e.g. an imported GGUF), or a
+Hugging Face repo id, downloaded once into the store with huggingface-hub (resumable, with
+progress). Offline with no local copy, the error says how to use a local folder instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from app import paths
+from app.engine.base import EngineError
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    label: str
+    mlx_repo: str  # 4-bit MLX conversion
+    torch_repo: str  # the original weights, for transformers
+    params_b: float  # parameters, billions
+    approx_gb_4bit: float
+
+
+SUPPORTED = (
+    ModelChoice("Qwen2.5 0.5B Instruct", "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "Qwen/Qwen2.5-0.5B-Instruct", 0.49, 0.28),
+    ModelChoice("Qwen2.5 1.5B Instruct", "mlx-community/Qwen2.5-1.5B-Instruct-4bit", "Qwen/Qwen2.5-1.5B-Instruct", 1.54, 0.87),
+    ModelChoice("Qwen2.5 3B Instruct", "mlx-community/Qwen2.5-3B-Instruct-4bit", "Qwen/Qwen2.5-3B-Instruct", 3.09, 1.74),
+    ModelChoice("Llama 3.2 1B Instruct", "mlx-community/Llama-3.2-1B-Instruct-4bit", "meta-llama/Llama-3.2-1B-Instruct", 1.24, 0.70),
+    ModelChoice("Llama 3.2 3B Instruct", "mlx-community/Llama-3.2-3B-Instruct-4bit", "meta-llama/Llama-3.2-3B-Instruct", 3.21, 1.81),
+    ModelChoice("Gemma 2 2B Instruct", "mlx-community/gemma-2-2b-it-4bit", "google/gemma-2-2b-it", 2.61, 1.49),
+)
+DEFAULT_INDEX = 1  # Qwen2.5-1.5B-Instruct
+
+# The 7B reference of the research question (benchmark only).
+MISTRAL_7B = ModelChoice("Mistral 7B Instruct v0.3", "mlx-community/Mistral-7B-Instruct-v0.3-4bit",
+                         "mistralai/Mistral-7B-Instruct-v0.3", 7.25, 4.08)
+
+
+def default_model(engine: str) -> str:
+    choice = SUPPORTED[DEFAULT_INDEX]
+    return choice.mlx_repo if engine == "mlx" else choice.torch_repo
+
+
+class ModelUnavailable(EngineError):
+    """The model is not on this machine and cannot be downloaded now."""
+
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+def _registry_file() -> Path:
+    return paths.models_dir() / "registry.json"
+
+
+def registered_models() -> dict[str, str]:
+    """Names given to local models (imported GGUF files): name -> folder."""
+    f = _registry_file()
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def register_model(name: str, folder: Path) -> None:
+    reg = registered_models()
+    reg[name] = str(folder)
+    tmp = _registry_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(reg, indent=2))
+    os.replace(tmp, _registry_file())
+
+
+def _looks_like_repo_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not ref.startswith((".", "~"))
+
+
+def local_repo_folder(repo_id: str) -> Path:
+    return paths.models_dir() / repo_id.replace("/", "--")
+
+
+def check_model_folder(folder: Path) -> None:
+    if not (folder / "config.json").exists():
+        raise EngineError(f"{folder} has no config.json; a model folder holds config.json, *.safetensors and tokenizer files")
+    if not any(folder.glob("*.safetensors")):
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            raise EngineError(f"{folder} holds only pickle weights (.bin); convert them to safetensors first")
+        raise EngineError(f"{folder} has no *.safetensors weights")
+
+
+def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | None = None,
+                  cancel=None) -> Path:
+    """A local folder holding the model `ref`, downloading it first if needed."""
+    ref_s = str(ref)
+    candidate = Path(ref_s).expanduser()
+    if candidate.exists():
+        if candidate.is_file() and candidate.suffix == ".gguf":
+            raise EngineError(f"{candidate} is a GGUF file; import it first: loradesk models import {candidate}")
+        check_model_folder(candidate)
+        return candidate.resolve()
+    reg = registered_models()
+    if ref_s in reg:
+        folder = Path(reg[ref_s])
+        check_model_folder(folder)
+        return folder
+    if not _looks_like_repo_id(ref_s):
+        raise EngineError(f"model {ref_s!r} is neither a folder, a registered model nor a hub repo id (owner/name)")
+    folder = local_repo_folder(ref_s)
+    if (folder / ".complete").exists():
+        return folder
+    return download_model(ref_s, progress=progress, cancel=cancel)
+
+
+def download_model(repo_id: str, progress: ProgressFn | None = None, cancel=None) -> Path:
+    """Download a hub repo's model files into the store (resumable; partial files are kept)."""
+    from app import hub
+
+    folder = local_repo_folder(repo_id)
+    hub.snapshot(repo_id, folder, progress=progress, cancel=cancel,
+                 allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"])
+    check_model_folder(folder)
+    (folder / ".complete").touch()
+    return folder

@@ -1,0 +1,58 @@
+"""Open an engine with the user's model and every task adapter: shared by the CLI and the app."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from app import paths
+from app.engine import Engine, create_engine, default_engine
+from app.models import default_model
+
+
+def load_settings() -> dict:
+    f = paths.settings_file()
+    try:
+        return json.loads(f.read_text()) if f.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def save_settings(settings: dict) -> None:
+    import os
+
+    f = paths.settings_file()
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2))
+    os.replace(tmp, f)
+
+
+def choose_engine(kind: str | None) -> str:
+    return kind or load_settings().get("engine") or default_engine()[0]
+
+
+def choose_model(ref: str | None, engine: str) -> str:
+    """--model, else the app's last model for this engine, else the default for the engine."""
+    if ref:
+        return ref
+    return load_settings().get(f"model.{engine}") or default_model(engine)
+
+
+@dataclass
+class Session:
+    engine: Engine
+    problems: dict[str, str] = field(default_factory=dict)  # task -> why it has no adapter
+
+
+def open_session(model: str | None = None, engine: str | None = None, tasks=None,
+                 with_adapters: bool = True, warn=True) -> Session:
+    from app.engine.store import load_task_adapters
+
+    kind = choose_engine(engine)
+    eng = create_engine(kind)
+    eng.load(choose_model(model, kind))
+    problems = load_task_adapters(eng, tasks) if with_adapters else {}
+    if warn:
+        for task, why in problems.items():
+            print(f"note: {task}: {why}; answering with the base model", file=sys.stderr)
+    return Session(eng, problems)
