@@ -1,0 +1,48 @@
+"""The `loradesk` command, run in-process on tiny models."""
+import pytest
+
+from app.cli import main
+
+
+def test_ask_streams_with_adapter(tiny_qwen, tiny_adapters, capsys):
+    assert main(["adapters", "add", "math", str(tiny_adapters["qwen2"]["math"])]) == 0
+    assert "found a MLX adapter" in capsys.readouterr().out
+    args = ["ask", "--engine", "mlx", "--model", str(tiny_qwen), "--task", "math", "--max-tokens", "12", "--stats"]
+    assert main(args + ["What is 2+2?"]) == 0
+    out = capsys.readouterr()
+    assert "adapter: math" in out.err and len(out.out.strip()) > 0
+    assert main(args + ["--no-adapter", "What is 2+2?"]) == 0
+    base = capsys.readouterr()
+    assert "adapter: none" in base.err and base.out != out.out
+
+
+def test_ask_reads_stdin(tiny_qwen, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("A long article about sunsets."))
+    assert main(["ask", "--engine", "mlx", "--model", str(tiny_qwen), "--task", "summarize",
+                 "--option", "length=short", "--max-tokens", "5", "-"]) == 0
+    assert "no adapter for 'summarize'" in capsys.readouterr().err
+
+
+def test_adapters_list_and_errors(tiny_adapters, tmp_path, capsys):
+    main(["adapters", "add", "code", str(tiny_adapters["qwen2"]["code"]), "--name", "c1"])
+    capsys.readouterr()
+    assert main(["adapters", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "c1" in out and "mlx" in out and "loradesk train --task math" in out
+    assert main(["adapters", "add", "code", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_offline_model_is_one_clear_line(capsys):
+    assert main(["ask", "--engine", "mlx", "--task", "math", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("loradesk: error: cannot download") and "Traceback" not in err
+
+
+def test_bad_option_and_empty_input(tiny_qwen, capsys):
+    assert main(["ask", "--model", str(tiny_qwen), "--task", "summarize", "--option", "length=huge", "x"]) == 2
+    assert "length must be one of" in capsys.readouterr().err
+    assert main(["ask", "--model", str(tiny_qwen), "--task", "math", "  "]) == 2
+    assert "empty" in capsys.readouterr().err
