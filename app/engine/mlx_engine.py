@@ -19,6 +19,7 @@ import numpy as np
 from app.engine import mlx_thread
 from app.engine.adapter_format import LoraWeights, check_against_model, fingerprint_of, read_adapter
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
+from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
 
 
@@ -245,38 +246,3 @@ class MLXEngine(Engine):
 
     def memory_bytes(self) -> int:
         return mlx_thread.call(mx.get_active_memory)
-
-
-def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """Apply the tokenizer's chat template; fold the system prompt into the first user turn for
-    templates that refuse a system role (Gemma); plain text for models without a template."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
-    try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception as e:  # jinja raises TemplateError("System role not supported")
-        if not messages or messages[0]["role"] != "system" or "system" not in str(e).lower():
-            raise EngineError(f"the model's chat template failed: {e}") from None
-        system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
-        if rest and rest[0]["role"] == "user":
-            rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
-        return tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=False)
-
-
-def split_for_loglikelihood(encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of context and continuation as lm-eval-harness splits them: trailing spaces of the
-    context move to the continuation, and the continuation is what encoding the whole adds."""
-    if not continuation:
-        raise ValueError("continuation must not be empty")
-    n = len(context) - len(context.rstrip())
-    if n:
-        context, continuation = context[:-n], context[-n:] + continuation
-    whole = encode(context + continuation)
-    ctx = encode(context) if context else []
-    if whole[: len(ctx)] != ctx or len(ctx) == len(whole):
-        cont = encode(continuation)
-    else:
-        cont = whole[len(ctx):]
-    if not ctx:
-        raise ValueError("context must not be empty")
-    return ctx, cont
