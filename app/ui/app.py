@@ -1,0 +1,104 @@
+"""Start the desktop app: QApplication, icon, style sheet, log file, main window."""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+import time
+
+from PySide6.QtCore import QObject, QTimer
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from app import paths
+
+log = logging.getLogger("app.ui")
+LOG_FILE = "loradesk.log"
+STALL_MS = 100  # the event loop should never be blocked longer than this
+
+
+def setup_logging() -> logging.Handler:
+    """Log to <log dir>/loradesk.log (rotated at 2 MB); Help > Open log file shows it."""
+    handler = logging.handlers.RotatingFileHandler(paths.log_dir() / LOG_FILE, maxBytes=2_000_000,
+                                                   backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def style_sheet() -> str:
+    f = paths.resources_dir() / "style.qss"
+    return f.read_text(encoding="utf-8") if f.exists() else ""
+
+
+def app_icon() -> QIcon:
+    icon = QIcon()
+    for name in ("icon.png", "icon-256.png", "icon-64.png"):
+        f = paths.resources_dir() / name
+        if f.exists():
+            icon.addFile(str(f))
+    return icon
+
+
+class StallWatch(QObject):
+    """Logs when the event loop was blocked: a 20 ms timer that fires late means a stall.
+    `worst_ms` is the longest gap seen (the screenshot script reports it)."""
+
+    def __init__(self, parent=None, interval_ms: int = 20):
+        super().__init__(parent)
+        self.interval = interval_ms
+        self.worst_ms = 0.0
+        self.stalls = 0
+        self._last = time.perf_counter()
+        self._timer = QTimer(self, interval=interval_ms, timeout=self._tick)
+        self._timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        gap = (now - self._last) * 1000 - self.interval
+        self._last = now
+        if gap > self.worst_ms:
+            self.worst_ms = gap
+        if gap > STALL_MS:
+            self.stalls += 1
+            log.warning("event loop blocked for %.0f ms", gap)
+
+    def reset(self) -> None:
+        self.worst_ms, self.stalls, self._last = 0.0, 0, time.perf_counter()
+
+
+def _excepthook(window):
+    """Errors that escape a slot go to the log and the window's message bar, never a crash."""
+    def hook(etype, value, tb):
+        log.error("unhandled error", exc_info=(etype, value, tb))
+        try:
+            window.show_error(f"Unexpected error: {value} (details in {paths.log_dir() / LOG_FILE})")
+        except Exception:  # noqa: BLE001 - the window may be gone already
+            pass
+    return hook
+
+
+def create_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app.setApplicationName("LoRA Desk")
+    app.setOrganizationName("LoRADesk")
+    app.setWindowIcon(app_icon())
+    app.setStyleSheet(style_sheet())
+    return app
+
+
+def run(model: str | None = None, engine: str | None = None, argv: list[str] | None = None) -> int:
+    from app.ui.main_window import MainWindow
+
+    setup_logging()
+    app = create_app(argv)
+    log.info("starting LoRA Desk (model=%s, engine=%s)", model, engine)
+    window = MainWindow(model=model, engine=engine)
+    sys.excepthook = _excepthook(window)
+    window.stall_watch = StallWatch(window)
+    window.show()
+    QTimer.singleShot(0, window.start)  # show the window first, then start loading the model
+    return app.exec()

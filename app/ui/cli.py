@@ -1,0 +1,13 @@
+"""`loradesk gui` (and plain `loradesk`): start the desktop app."""
+from __future__ import annotations
+
+
+def register(sub, common):
+    p = sub.add_parser("gui", parents=[common], help="start the desktop app (the default command)")
+    p.set_defaults(func=cmd_gui)
+
+
+def cmd_gui(args) -> int:
+    from app.ui.app import run
+
+    return run(model=args.model, engine=args.engine)

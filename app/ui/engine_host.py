@@ -1,0 +1,189 @@
+"""The app's one engine, driven from a single serial worker thread.
+
+Every engine call (load, add/remove adapter, activate, generate) is a job on one serial pool, so
+jobs run in the order the GUI asked for them and the GUI thread never waits on the engine's lock.
+A generation activates its adapter and streams inside one job: nothing can switch the adapter in
+the middle of an answer. Switching tab cancels the running answer, then queues the activation.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from app.ui.workers import Worker, serial_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One answer to produce: its chat messages and decoding settings."""
+
+    messages: list
+    settings: object  # app.tasks.GenerationSettings
+
+
+def generation_job(engine, adapter: str | None, runs: list[Run], cancel: threading.Event):
+    """Activate `adapter`, then stream each run. Yields (run index, Chunk)."""
+    engine.activate(adapter)
+    for i, run in enumerate(runs):
+        for chunk in engine.stream_generate(run.messages, run.settings, cancel):
+            yield i, chunk
+        if cancel.is_set():
+            return
+
+
+def model_is_local(ref: str) -> bool:
+    """Whether `ref` can be loaded without downloading (folder, registered name, finished download)."""
+    from app.models import local_repo_folder, registered_models
+
+    if Path(ref).expanduser().exists() or ref in registered_models():
+        return True
+    return (local_repo_folder(ref) / ".complete").exists()
+
+
+class EngineHost(QObject):
+    model_loading = Signal(str)  # model ref
+    model_loaded = Signal(object)  # ModelInfo
+    model_failed = Signal(str)  # message
+    adapters_changed = Signal()  # engine adapters or problems changed
+    active_changed = Signal(object)  # adapter name or None
+    error = Signal(str)  # a failed engine job, as a message for the window
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.engine = None
+        self.kind: str | None = None
+        self.problems: dict[str, str] = {}  # task -> why it has no adapter
+        self.pool = serial_pool()
+        self._generation: Worker | None = None
+        self.loading = False
+
+    # -- jobs -------------------------------------------------------------------------------
+    def submit(self, fn, *args, _connect: dict | None = None, **kwargs) -> Worker:
+        """Queue an engine job; it runs after every job queued before it. `_connect` maps signal
+        names to slots, connected before the job starts so no signal is missed."""
+        w = Worker(fn, *args, **kwargs)
+        for signal, slot in (_connect or {}).items():
+            getattr(w, signal).connect(slot)
+        return w.start(self.pool)
+
+    def _job_error(self, e: Exception) -> None:
+        self.error.emit(str(e))
+
+    @property
+    def generating(self) -> bool:
+        return self._generation is not None and not self._generation.done.is_set()
+
+    def cancel_generation(self) -> None:
+        if self._generation is not None:
+            self._generation.quit()
+
+    # -- model --------------------------------------------------------------------------------
+    def load(self, ref: str, kind: str) -> Worker:
+        """Load a (local) model and every task adapter, replacing the current engine."""
+        self.cancel_generation()
+        self.loading = True
+        self.model_loading.emit(str(ref))
+
+        def job():
+            from app.engine import create_engine
+            from app.engine.store import load_task_adapters
+
+            engine = create_engine(kind)
+            engine.load(ref)
+            problems = load_task_adapters(engine)
+            return engine, problems
+
+        return self.submit(job, _connect={"returned": lambda res: self._loaded(kind, *res),
+                                          "errored": self._load_failed})
+
+    def _loaded(self, kind, engine, problems) -> None:
+        old, self.engine, self.kind, self.problems = self.engine, engine, kind, problems
+        self.loading = False
+        del old  # the previous model's memory goes with its engine
+        self.model_loaded.emit(engine.model_info)
+        self.adapters_changed.emit()
+        self.active_changed.emit(engine.active)
+
+    def _load_failed(self, e: Exception) -> None:
+        self.loading = False
+        self.model_failed.emit(str(e))
+
+    def model_label(self) -> str:
+        if self.engine is None or self.engine.model_info is None:
+            return "no model"
+        info = self.engine.model_info
+        name = Path(str(info.ref)).name if Path(str(info.ref)).exists() else str(info.ref)
+        if name in ("hf", "mlx", "mlx-4bit"):  # a layout folder: the parent names the model
+            name = f"{Path(str(info.ref)).parent.name}/{name}"
+        return f"{name} ({self.kind}{', ' + info.quantization if info.quantization else ''})"
+
+    # -- adapters ---------------------------------------------------------------------------
+    def adapter_for(self, task: str, use_adapter: bool = True) -> str | None:
+        """The engine's adapter name for a task (adapters are named after their task)."""
+        if not use_adapter or self.engine is None:
+            return None
+        return task if task in self.engine.adapters else None
+
+    def activate(self, adapter: str | None) -> Worker | None:
+        """Cancel any running answer, then switch adapter (a queued job, never on this thread)."""
+        if self.engine is None:
+            return None
+        self.cancel_generation()
+        engine = self.engine
+        return self.submit(lambda: (engine.activate(adapter), engine.active)[1],
+                           _connect={"returned": self.active_changed.emit, "errored": self._job_error})
+
+    def add_adapter(self, task: str, folder: str | Path) -> Worker:
+        """(Re)load a task's adapter into the engine from `folder`."""
+        engine = self.engine
+
+        def job():
+            if engine is None:
+                return None
+            return engine.add_adapter(task, folder)
+
+        return self.submit(job, _connect={"returned": lambda _info: self._adapter_ok(task),
+                                          "errored": lambda e: self._adapter_failed(task, e)})
+
+    def _adapter_ok(self, task: str) -> None:
+        self.problems.pop(task, None)
+        self.adapters_changed.emit()
+
+    def _adapter_failed(self, task: str, e: Exception) -> None:
+        self.problems[task] = str(e)
+        self.adapters_changed.emit()
+        self.error.emit(str(e))
+
+    def remove_adapter(self, task: str) -> Worker | None:
+        engine = self.engine
+        if engine is None or task not in engine.adapters:
+            return None
+        self.cancel_generation()
+        return self.submit(engine.remove_adapter, task,
+                           _connect={"finished": self.adapters_changed.emit, "errored": self._job_error})
+
+    # -- text --------------------------------------------------------------------------------
+    def generate(self, adapter: str | None, runs: list[Run], connect: dict | None = None) -> Worker:
+        """Stream answers with `adapter` active. The worker yields (run index, Chunk); `connect`
+        maps its signal names to slots (connected before it starts)."""
+        if self.engine is None:
+            raise RuntimeError("no model is loaded yet: choose one under Models & adapters")
+        self.cancel_generation()
+        cancel = threading.Event()
+        w = Worker(generation_job, self.engine, adapter, runs, cancel, abort_event=cancel)
+        engine = self.engine
+        for signal, slot in (connect or {}).items():
+            getattr(w, signal).connect(slot)
+        w.finished.connect(lambda: self.active_changed.emit(engine.active))
+        self._generation = w
+        return w.start(self.pool)
+
+    def wait_idle(self, timeout_ms: int = 30000) -> bool:
+        """Block until every queued engine job has run (tests and shutdown only)."""
+        return self.pool.waitForDone(timeout_ms)

@@ -1,0 +1,83 @@
+"""The Math tab's answer view: «a=b» calculator annotations shown readably, wrong ones marked.
+
+`48/2 = «48/2=24»24 clips` reads as `48/2 = 24 clips` with the 24 marked as checked; a wrong
+annotation («48/2=25»25) is shown in red with the right value. The final `#### 72` line becomes
+"Answer: 72".
+"""
+from __future__ import annotations
+
+import html
+import re
+
+from PySide6.QtWidgets import QTextBrowser
+
+from app.annotations import Annotation, check_annotations, format_value
+
+OK_STYLE = "background-color:#dcfce7; color:#14532d; border-radius:3px;"
+BAD_STYLE = "background-color:#fee2e2; color:#991b1b; font-weight:bold;"
+UNKNOWN_STYLE = "background-color:#f3f4f6; color:#374151;"
+_FINAL = re.compile(r"^####\s*(.+)$", re.M)
+
+
+def _badge(a: Annotation) -> str:
+    shown = html.escape(a.claimed.strip())
+    expr = html.escape(a.expression.strip())
+    if a.ok is None:
+        return f'<span style="{UNKNOWN_STYLE}" title="not checked: {expr}">{shown}</span>'
+    if a.ok:
+        return f'<span style="{OK_STYLE}" title="checked: {expr} = {shown}">&nbsp;{shown}&nbsp;&#10003;</span>'
+    right = html.escape(format_value(a.value))
+    return (f'<span style="{BAD_STYLE}" title="wrong: {expr} = {right}">&nbsp;{shown}&nbsp;&#10007;</span>'
+            f'<span style="color:#991b1b;"> ({expr} is {right})</span>')
+
+
+def render_html(text: str) -> tuple[str, int, int]:
+    """HTML for an answer, and (annotations checked, wrong ones)."""
+    notes = check_annotations(text)
+    parts, pos = [], 0
+    for a in notes:
+        parts.append(html.escape(text[pos:a.start]))
+        pos = a.end
+        # The text usually repeats the result right after the annotation: show it once, as the badge.
+        rest = text[pos:]
+        claimed = a.claimed.strip()
+        if claimed and rest.startswith(claimed):
+            pos += len(claimed)
+        parts.append(_badge(a))
+    parts.append(html.escape(text[pos:]))
+    body = "".join(parts)
+    body = _FINAL.sub(lambda m: f'<b style="font-size:larger;">Answer: {m.group(1)}</b>', body)
+    body = body.replace("\n", "<br>")
+    checked = sum(1 for a in notes if a.ok is not None)
+    wrong = sum(1 for a in notes if a.ok is False)
+    return body, checked, wrong
+
+
+def summary(checked: int, wrong: int) -> str:
+    if not checked:
+        return ""
+    if not wrong:
+        return f"{checked} calculation{'s' if checked > 1 else ''} checked, all right"
+    return f"{checked} calculation{'s' if checked > 1 else ''} checked, {wrong} wrong"
+
+
+class MathView(QTextBrowser):
+    """Read-only answer view; `set_answer(raw)` re-renders the whole (short) answer."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setOpenLinks(False)
+        self.raw = ""
+        self.checked = self.wrong = 0
+
+    def set_answer(self, raw: str) -> None:
+        self.raw = raw
+        body, self.checked, self.wrong = render_html(raw)
+        bar = self.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 4
+        self.setHtml(f'<div style="line-height:140%;">{body}</div>')
+        if at_end:
+            bar.setValue(bar.maximum())
+
+    def toPlainAnswer(self) -> str:  # noqa: N802 - matches Qt naming of its neighbours
+        return self.raw

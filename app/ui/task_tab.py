@@ -1,0 +1,330 @@
+"""One tab per task: input, Generate / Stop / Copy, the streamed answer and a status line.
+
+The tab reads everything about its task from the task record (label, example, options,
+generation settings) and asks the EngineHost for answers; it never touches the engine itself.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QFontDatabase, QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSizePolicy, QSpinBox,
+    QSplitter, QVBoxLayout, QWidget,
+)
+
+from app.tasks import Task
+from app.ui.engine_host import EngineHost, Run
+
+log = logging.getLogger(__name__)
+RENDER_MS = 40  # streamed text is redrawn at most this often: fast models send hundreds of pieces/s
+
+
+def fixed_font():
+    return QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+
+
+class TaskTab(QWidget):
+    """The common tab. Subclasses add options (`add_options`), their own answer view
+    (`make_output` / `render`) and several runs per input (`runs`)."""
+
+    adapter_choice_changed = Signal()  # the "No adapter" toggle moved
+    generation_finished = Signal(str)  # finish reason ("stop", "length", "cancelled", "error")
+
+    def __init__(self, task: Task, host: EngineHost, parent=None):
+        super().__init__(parent)
+        self.setObjectName(f"tab-{task.name}")
+        self.task, self.host = task, host
+        self.worker = None
+        self.texts: list[str] = []
+        self.last_chunk = None
+        self.adapter_used: str | None = None
+        self.finish_reason: str | None = None
+        self._started = 0.0
+        self._render_timer = QTimer(self, singleShot=True, interval=RENDER_MS, timeout=self.render)
+
+        layout = QVBoxLayout(self)
+        top = QHBoxLayout()
+        self.add_options(top)
+        top.addStretch(1)
+        self.no_adapter = QCheckBox("No adapter (base model)")
+        self.no_adapter.setToolTip("Answer with the base model alone, to compare with the adapter's answer")
+        self.no_adapter.toggled.connect(self.adapter_choice_changed)
+        top.addWidget(self.no_adapter)
+        layout.addLayout(top)
+
+        self.input = QPlainTextEdit()
+        self.input.setObjectName("input")
+        self.input.setPlaceholderText(task.example_input)
+        self.input.setToolTip("Ctrl+Enter generates. Left empty, the example shown here is used.")
+
+        buttons = QHBoxLayout()
+        self.generate_btn = QPushButton("Generate")
+        self.generate_btn.setObjectName("primary")
+        self.generate_btn.setToolTip("Ctrl+Enter")
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        self.copy_btn = QPushButton("Copy")
+        self.copy_btn.setToolTip("Copy the answer to the clipboard")
+        for b in (self.generate_btn, self.stop_btn, self.copy_btn):
+            buttons.addWidget(b)
+        self.add_buttons(buttons)
+        buttons.addStretch(1)
+        self.generate_btn.clicked.connect(self.generate)
+        self.stop_btn.clicked.connect(self.stop)
+        self.copy_btn.clicked.connect(self.copy)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):
+            QShortcut(QKeySequence(keys), self, self.generate, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+
+        self.output = self.make_output()
+        self.output.setObjectName("output")
+
+        top_box = QWidget()
+        tl = QVBoxLayout(top_box)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addWidget(self.input)
+        tl.addLayout(buttons)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(top_box)
+        self.splitter.addWidget(self.output)
+        self.add_panes(self.splitter)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 5)
+        layout.addWidget(self.splitter, 1)
+
+        self.message = QLabel()
+        self.message.setObjectName("error")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
+        layout.addWidget(self.message)
+        self.status = QLabel()
+        self.status.setObjectName("status")
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        layout.addWidget(self.status)
+        self.update_status()
+
+    # -- hooks for the task's own tab ------------------------------------------------------------
+    def add_options(self, row: QHBoxLayout) -> None:
+        """Task options left of the "No adapter" toggle."""
+
+    def add_buttons(self, row: QHBoxLayout) -> None:
+        """Extra buttons after Copy."""
+
+    def add_panes(self, splitter: QSplitter) -> None:
+        """Extra panes under the answer."""
+
+    def make_output(self) -> QWidget:
+        view = QPlainTextEdit()
+        view.setReadOnly(True)
+        return view
+
+    def options(self) -> dict[str, str]:
+        return {}
+
+    def runs(self, text: str) -> list[Run]:
+        return [Run(self.task.messages(text, **self.options()), self.task.generation)]
+
+    def answer_text(self) -> str:
+        return "\n\n".join(self.texts)
+
+    def render(self) -> None:
+        bar = self.output.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 4
+        self.output.setPlainText(self.answer_text())
+        if at_end:
+            bar.setValue(bar.maximum())
+
+    # -- actions ---------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None and not self.worker.done.is_set()
+
+    def wanted_adapter(self) -> str | None:
+        return self.host.adapter_for(self.task.name, not self.no_adapter.isChecked())
+
+    def input_text(self) -> str:
+        return self.input.toPlainText().strip() or self.task.example_input
+
+    def generate(self) -> None:
+        if self.busy:
+            return
+        self.show_message("")
+        if self.host.engine is None:
+            why = "the model is still loading" if self.host.loading else "no model is loaded"
+            self.show_message(f"Cannot generate: {why}. Choose a model under Models & adapters.")
+            return
+        try:
+            runs = self.runs(self.input_text())
+        except ValueError as e:
+            self.show_message(str(e))
+            return
+        self.texts = [""] * len(runs)
+        self.last_chunk, self.finish_reason = None, None
+        self.adapter_used = self.wanted_adapter()
+        self._started = time.perf_counter()
+        self.render()
+        self.set_running(True)
+        self.worker = self.host.generate(self.adapter_used, runs, connect={
+            "yielded": self.on_chunk, "errored": self.on_error, "finished": self.on_finished})
+        self.update_status()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.answer_text())
+
+    def set_running(self, running: bool) -> None:
+        self.generate_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+
+    # -- worker signals ------------------------------------------------------------------------
+    def on_chunk(self, item) -> None:
+        i, chunk = item
+        self.texts[i] += chunk.text
+        self.last_chunk = chunk
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
+        if not self._render_timer.isActive():
+            self._render_timer.start()
+        self.update_status()
+
+    def on_error(self, e: Exception) -> None:
+        self.finish_reason = "error"
+        self.show_message(f"Generation failed: {e}")
+
+    def on_finished(self) -> None:
+        if self.worker is not None and self.worker.abort_requested and self.finish_reason != "error":
+            self.finish_reason = "cancelled"
+        self._render_timer.stop()
+        self.render()
+        self.set_running(False)
+        self.update_status()
+        self.generation_finished.emit(self.finish_reason or "stop")
+
+    def show_message(self, text: str) -> None:
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
+
+    def update_status(self) -> None:
+        parts = [self.host.model_label()]
+        if self.worker is not None:
+            parts.append(f"adapter: {self.adapter_used or 'none (base model)'}")
+        else:
+            wanted = self.wanted_adapter()
+            problem = self.host.problems.get(self.task.name)
+            if wanted:
+                parts.append(f"adapter: {wanted}")
+            elif self.no_adapter.isChecked():
+                parts.append("adapter: none (base model)")
+            elif self.host.engine is not None:
+                parts.append(f"adapter: none ({problem or 'not loaded'})" if problem else "adapter: none")
+        c = self.last_chunk
+        if c is not None:
+            if c.generation_tokens:
+                parts.append(f"{c.generation_tps:.1f} tok/s")
+            if c.time_to_first_token:
+                parts.append(f"first token {c.time_to_first_token:.2f} s")
+            parts.append(f"{c.generation_tokens} tokens")
+        if self.busy:
+            parts.append(f"generating… {time.perf_counter() - self._started:.1f} s")
+        elif self.finish_reason:
+            parts.append({"stop": "done", "length": "stopped at the length limit",
+                          "cancelled": "stopped", "error": "failed"}.get(self.finish_reason, self.finish_reason))
+        self.status.setText("  ·  ".join(parts))
+
+    # -- settings ---------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"no_adapter": self.no_adapter.isChecked()}
+
+    def restore(self, state: dict) -> None:
+        self.no_adapter.setChecked(bool(state.get("no_adapter", False)))
+
+
+class SummarizeTab(TaskTab):
+    def add_options(self, row):
+        row.addWidget(QLabel("Length:"))
+        self.length = QComboBox()
+        self.length.setObjectName("length")
+        # Shortest first reads naturally; the record's first choice stays the default.
+        choices = self.task.option_choices("length")
+        order = {"short": 0, "medium": 1, "long": 2}
+        for c in sorted(choices, key=lambda c: order.get(c, 9)):
+            self.length.addItem(c, c)
+        self.length.setCurrentIndex(self.length.findData(choices[0]))
+        row.addWidget(self.length)
+
+    def options(self):
+        return {"length": self.length.currentData()}
+
+    def state(self):
+        return {**super().state(), "length": self.length.currentData()}
+
+    def restore(self, state):
+        super().restore(state)
+        i = self.length.findData(state.get("length"))
+        if i >= 0:
+            self.length.setCurrentIndex(i)
+
+
+class ParaphraseTab(TaskTab):
+    VARIANT_TEMPERATURE = 0.8  # variants 2..n sample; variant 1 is the task's greedy answer
+
+    def add_options(self, row):
+        row.addWidget(QLabel("Variants:"))
+        self.variants = QSpinBox()
+        self.variants.setObjectName("variants")
+        self.variants.setRange(1, 5)
+        self.variants.setToolTip("Variant 1 is the greedy answer; the others are sampled "
+                                 f"(temperature {self.VARIANT_TEMPERATURE}, a different seed each)")
+        row.addWidget(self.variants)
+
+    def runs(self, text):
+        messages = self.task.messages(text)
+        base = self.task.generation
+        out = [Run(messages, base)]
+        for i in range(2, self.variants.value() + 1):
+            out.append(Run(messages, base.replace(temperature=self.VARIANT_TEMPERATURE, top_p=0.95, seed=1000 + i)))
+        return out
+
+    def answer_text(self):
+        if len(self.texts) <= 1:
+            return super().answer_text()
+        return "\n\n".join(f"Variant {i + 1}:\n{t.strip()}" for i, t in enumerate(self.texts))
+
+    def state(self):
+        return {**super().state(), "variants": self.variants.value()}
+
+    def restore(self, state):
+        super().restore(state)
+        self.variants.setValue(int(state.get("variants", 1)))
+
+
+class MathTab(TaskTab):
+    def make_output(self):
+        from app.ui.math_view import MathView
+
+        return MathView()
+
+    def render(self):
+        self.output.set_answer(self.answer_text())
+
+    def update_status(self):
+        super().update_status()
+        from app.ui.math_view import summary
+
+        out = getattr(self, "output", None)
+        note = summary(out.checked, out.wrong) if out is not None else ""
+        if note and not self.busy:
+            self.status.setText(self.status.text() + "  ·  " + note)
+
+
+def make_tab(task: Task, host: EngineHost) -> TaskTab:
+    from app.ui.code_tab import CodeTab
+
+    kinds = {"math": MathTab, "code": CodeTab, "summarize": SummarizeTab, "paraphrase": ParaphraseTab}
+    return kinds.get(task.name, TaskTab)(task, host)

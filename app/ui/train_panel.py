@@ -1,0 +1,281 @@
+"""The Train panel: task, datasets (hub ids or local files), key settings; progress, a live loss
+curve, cancel and resume. A finished adapter is loaded and becomes active for its task's tab."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QLineEdit, QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from app.tasks import get_task, load_tasks
+from app.ui import integrations
+from app.ui.engine_host import EngineHost
+from app.ui.models_panel import human_duration
+from app.ui.plots import LossPlot
+from app.ui.workers import Worker
+
+log = logging.getLogger(__name__)
+
+
+def _pick(d: dict, *keys, default=None):
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return default
+
+
+class TrainPanel(QWidget):
+    adapter_trained = Signal(str, str)  # task, adapter folder
+    report = Signal(object)  # a progress dict, emitted from the training thread
+
+    def __init__(self, host: EngineHost, parent=None):
+        super().__init__(parent)
+        self.host = host
+        self.worker: Worker | None = None
+        self.config = None
+        self._t0 = 0.0
+
+        layout = QHBoxLayout(self)
+        left = QVBoxLayout()
+        layout.addLayout(left, 2)
+        right = QVBoxLayout()
+        layout.addLayout(right, 3)
+
+        box = QGroupBox("What to train")
+        form = QFormLayout(box)
+        self.task_combo = QComboBox()
+        self.task_combo.setObjectName("train-task")
+        for t in load_tasks().values():
+            self.task_combo.addItem(t.label, t.name)
+        self.task_combo.currentIndexChanged.connect(lambda _i: self._task_changed())
+        form.addRow("Task:", self.task_combo)
+        self.hub_ids = QLineEdit()
+        self.hub_ids.setObjectName("hub-ids")
+        form.addRow("Hub datasets:", self.hub_ids)
+        files_row = QVBoxLayout()
+        self.files = QListWidget()
+        self.files.setObjectName("data-files")
+        self.files.setMaximumHeight(90)
+        files_row.addWidget(self.files)
+        fb = QHBoxLayout()
+        add_btn = QPushButton("Add files…")
+        add_btn.clicked.connect(self._add_files)
+        clear_btn = QPushButton("Clear")
+        clear_btn.clicked.connect(self.files.clear)
+        fb.addWidget(add_btn)
+        fb.addWidget(clear_btn)
+        fb.addStretch(1)
+        files_row.addLayout(fb)
+        form.addRow("Local files:", files_row)
+        left.addWidget(box)
+
+        sbox = QGroupBox("Key settings")
+        sform = QFormLayout(sbox)
+        self.iters = QSpinBox()
+        self.iters.setRange(1, 1_000_000)
+        self.rank = QSpinBox()
+        self.rank.setRange(1, 256)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1.0)
+        self.lr.setSingleStep(1e-5)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 256)
+        self.seq = QSpinBox()
+        self.seq.setRange(16, 32768)
+        for label, w in (("Steps:", self.iters), ("LoRA rank:", self.rank), ("Learning rate:", self.lr),
+                         ("Batch size:", self.batch), ("Max sequence length:", self.seq)):
+            sform.addRow(label, w)
+        self.resume = QCheckBox("Resume the task's last interrupted run")
+        sform.addRow(self.resume)
+        left.addWidget(sbox)
+        left.addStretch(1)
+
+        buttons = QHBoxLayout()
+        self.start_btn = QPushButton("Start training")
+        self.start_btn.setObjectName("primary")
+        self.start_btn.clicked.connect(self.start)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        buttons.addWidget(self.start_btn)
+        buttons.addWidget(self.cancel_btn)
+        buttons.addStretch(1)
+        right.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("train-progress")
+        right.addWidget(self.progress)
+        self.progress_label = QLabel("")
+        right.addWidget(self.progress_label)
+        self.plot = LossPlot()
+        right.addWidget(self.plot, 1)
+        self.message = QLabel()
+        self.message.setObjectName("message")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        right.addWidget(self.message)
+
+        self.report.connect(self._on_report)
+        self._task_changed()
+        if not integrations.training_available():
+            self.show_message("Training is not part of this build yet (no training module found).", error=True)
+
+    # -- settings ----------------------------------------------------------------------------------
+    def task(self) -> str:
+        return self.task_combo.currentData()
+
+    def _task_changed(self) -> None:
+        t = get_task(self.task())
+        d = t.training
+        self.iters.setValue(d.iters)
+        self.rank.setValue(d.rank)
+        self.lr.setValue(d.learning_rate)
+        self.batch.setValue(d.batch_size)
+        self.seq.setValue(d.max_seq_length)
+        self.hub_ids.setPlaceholderText("default: " + ", ".join(s.id for s in t.datasets))
+
+    def _add_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Training data", "",
+                                                "Data files (*.jsonl *.json *.parquet *.csv);;All files (*)")
+        for f in files:
+            self.files.addItem(f)
+
+    def data(self) -> tuple[str, ...]:
+        local = [self.files.item(i).text() for i in range(self.files.count())]
+        hub = [s.strip() for s in self.hub_ids.text().split(",") if s.strip()]
+        return tuple(local + hub)
+
+    def build_config(self):
+        from training.config import TrainConfig
+
+        model = None
+        if self.host.engine is not None and self.host.engine.model_info is not None:
+            model = str(self.host.engine.model_info.ref)
+        iters = self.iters.value()
+        return TrainConfig.for_task(
+            self.task(), model=model, engine=self.host.kind, data=self.data(), iters=iters,
+            rank=self.rank.value(), alpha=2.0 * self.rank.value(), learning_rate=self.lr.value(),
+            batch_size=self.batch.value(), max_seq_length=self.seq.value(), resume=self.resume.isChecked(),
+            save_every=max(1, min(50, iters // 4 or 1)), eval_every=max(1, min(100, iters // 4 or 1)),
+        )
+
+    # -- run -----------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None and not self.worker.done.is_set()
+
+    def start(self) -> Worker | None:
+        if self.busy:
+            return None
+        try:
+            self.config = config = self.build_config()
+        except (ValueError, ImportError) as e:
+            self.show_message(f"Cannot start: {e}", error=True)
+            return None
+        self.plot.clear()
+        self.plot.total_steps = config.iters
+        self.progress.setRange(0, config.iters or 0)
+        self.progress.setValue(0)
+        self.progress_label.setText("preparing data…")
+        self.show_message(f"Training a {config.task} adapter ({config.iters} steps, rank {config.rank}, "
+                          f"{config.engine or 'default'} engine)…")
+        self._t0 = time.monotonic()
+        cancel = threading.Event()
+        self.worker = Worker(integrations.train, config, self.report.emit, cancel, abort_event=cancel)
+        self.worker.returned.connect(self._done)
+        self.worker.errored.connect(lambda e: self.show_message(f"Training failed: {e}", error=True))
+        self.worker.finished.connect(self._ended)
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        return self.worker.start()
+
+    def cancel(self) -> None:
+        if self.busy:
+            self.worker.quit()
+            self.progress_label.setText("cancelling after the current step…")
+
+    def _on_report(self, d: dict) -> None:
+        step = _pick(d, "step", "iteration", "iter", "it")
+        total = _pick(d, "total", "total_steps", "iters", default=self.config.iters if self.config else None)
+        train_loss = _pick(d, "train_loss", "loss") if d.get("kind") != "valid" else None
+        val_loss = _pick(d, "val_loss", "valid_loss", "validation_loss")
+        if step is None:
+            if d.get("message"):
+                self.progress_label.setText(str(d["message"]))
+            return
+        if train_loss is not None:
+            self.plot.add_point("train", step, train_loss)
+        if val_loss is not None:
+            self.plot.add_point("valid", step, val_loss)
+        if total:
+            self.progress.setRange(0, int(total))
+            self.plot.total_steps = int(total)
+        self.progress.setValue(int(step))
+        parts = [f"step {step}" + (f"/{total}" if total else "")]
+        if train_loss is not None:
+            parts.append(f"loss {train_loss:.3f}")
+        if val_loss is not None:
+            parts.append(f"valid {val_loss:.3f}")
+        tps = _pick(d, "tokens_per_sec", "tokens_per_second", "tps", "it_tokens_per_sec")
+        if tps:
+            parts.append(f"{tps:.0f} tok/s")
+        eta = _pick(d, "eta", "eta_seconds", "eta_s")
+        if eta is None and total and step:
+            el = time.monotonic() - self._t0
+            eta = el / step * (total - step)
+        if eta is not None:
+            parts.append(f"{human_duration(eta)} left")
+        self.progress_label.setText(" · ".join(parts))
+
+    def _done(self, result) -> None:
+        folder = integrations.result_folder(result)
+        task = self.config.task
+        if self.worker.abort_requested:
+            self.show_message("Training cancelled; its last checkpoint is kept. Tick Resume and Start to continue.")
+            return
+        if folder is None:
+            self.show_message(f"Training finished, but it returned no adapter folder ({result!r}).", error=True)
+            return
+        self.show_message(f"Trained a {task} adapter: {folder}. It is now active in the {get_task(task).label} tab.")
+        self.adapter_trained.emit(task, folder)
+
+    def _ended(self) -> None:
+        self.start_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        if self.worker is not None and self.worker.abort_requested:
+            self.progress_label.setText("cancelled")
+            self.resume.setChecked(True)
+            self.show_message("Training cancelled; its last checkpoint is kept. Start again with Resume ticked "
+                              "to continue from it.")
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.message.setText(text)
+        self.message.setProperty("error", error)
+        self.message.style().unpolish(self.message)
+        self.message.style().polish(self.message)
+
+    # -- settings persistence -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"task": self.task(), "iters": self.iters.value(), "rank": self.rank.value(),
+                "learning_rate": self.lr.value(), "batch_size": self.batch.value(),
+                "max_seq_length": self.seq.value(), "hub": self.hub_ids.text(),
+                "files": [self.files.item(i).text() for i in range(self.files.count())]}
+
+    def restore(self, s: dict) -> None:
+        i = self.task_combo.findData(s.get("task"))
+        if i >= 0:
+            self.task_combo.setCurrentIndex(i)
+        for key, w in (("iters", self.iters), ("rank", self.rank), ("batch_size", self.batch),
+                       ("max_seq_length", self.seq)):
+            if key in s:
+                w.setValue(int(s[key]))
+        if "learning_rate" in s:
+            self.lr.setValue(float(s["learning_rate"]))
+        self.hub_ids.setText(s.get("hub", ""))
+        for f in s.get("files", []):
+            self.files.addItem(f)

@@ -1,0 +1,346 @@
+"""The desktop app with the tiny models (MLX engine), offscreen: each tab generates, tab switches
+move the engine's active adapter, Stop cancels, a switch mid-answer never mixes adapters, bad
+adapters and offline downloads become messages, settings persist."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from app.engine import store  # noqa: E402
+from app.tasks import load_tasks  # noqa: E402
+
+TASKS = ("math", "code", "summarize", "paraphrase")
+LOAD_MS = 60_000
+GEN_MS = 60_000
+
+
+@pytest.fixture
+def adapters(tiny_adapters):
+    folders = tiny_adapters["qwen2"]
+    for task in TASKS:
+        store.add(task, folders[task], name=f"{task}-tiny")
+    return folders
+
+
+def open_window(qtbot, model, engine="mlx"):
+    from app.ui.main_window import MainWindow
+
+    win = MainWindow(model=str(model), engine=engine)
+    qtbot.addWidget(win)
+    win.show()
+    win.start()
+    return win
+
+
+@pytest.fixture
+def window(qtbot, tiny_qwen, adapters):
+    win = open_window(qtbot, tiny_qwen)
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
+    yield win
+    win.close()
+
+
+def generate(qtbot, tab, timeout=GEN_MS):
+    with qtbot.waitSignal(tab.generation_finished, timeout=timeout) as blocker:
+        tab.generate()
+    return blocker.args[0]
+
+
+def reference(engine, adapter, messages, settings):
+    """The same answer computed straight from the engine (greedy)."""
+    engine.activate(adapter)
+    return engine.generate(messages, settings)
+
+
+def long_runs(tab, max_tokens=4000):
+    """Make the tab's next answer long enough to interrupt."""
+    orig = tab.runs
+    tab.runs = lambda text: [type(r)(r.messages, r.settings.replace(max_tokens=max_tokens)) for r in orig(text)]
+
+
+def test_generate_in_each_tab_matches_the_engine(qtbot, window):
+    from PySide6.QtCore import Qt
+
+    engine = window.host.engine
+    assert set(engine.adapters) == set(TASKS)
+    for name in TASKS:
+        tab = window.task_tabs[name]
+        window.tabs.setCurrentWidget(tab)
+        qtbot.waitUntil(lambda: engine.active == name, timeout=5000)
+        qtbot.keyClicks(tab.input, f"Please help with {name}: 12 + 30")
+        with qtbot.waitSignal(tab.generation_finished, timeout=GEN_MS):
+            qtbot.keyClick(tab.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)  # Ctrl+Enter
+        assert tab.adapter_used == name
+        answer = tab.answer_text()
+        assert answer.strip()
+        run = tab.runs(tab.input_text())[0]
+        assert reference(engine, name, run.messages, run.settings) == tab.texts[0]
+        status = tab.status.text()
+        assert f"adapter: {name}" in status and "tok/s" in status and "first token" in status
+    # The base model answers differently from the adapter (the "No adapter" comparison).
+    tab = window.task_tabs["math"]
+    window.tabs.setCurrentWidget(tab)
+    with_adapter = tab.texts[0]
+    tab.no_adapter.setChecked(True)
+    qtbot.waitUntil(lambda: engine.active is None, timeout=5000)
+    generate(qtbot, tab)
+    assert tab.adapter_used is None and "adapter: none (base model)" in tab.status.text()
+    assert tab.texts[0] != with_adapter
+
+
+def test_empty_input_uses_the_example_and_copy(qtbot, window):
+    from PySide6.QtGui import QGuiApplication
+
+    tab = window.task_tabs["summarize"]
+    window.tabs.setCurrentWidget(tab)
+    assert tab.input.placeholderText() == load_tasks()["summarize"].example_input
+    assert generate(qtbot, tab) in ("stop", "length")
+    assert tab.input_text() == tab.task.example_input
+    tab.copy()
+    assert QGuiApplication.clipboard().text() == tab.answer_text() != ""
+
+
+def test_task_options_reach_the_prompt(qtbot, window):
+    summarize = window.task_tabs["summarize"]
+    choices = summarize.task.option_choices("length")
+    assert {summarize.length.itemData(i) for i in range(summarize.length.count())} == set(choices)
+    summarize.length.setCurrentIndex(summarize.length.findData("short"))
+    prompt = summarize.runs("Some article.")[0].messages[-1]["content"]
+    assert summarize.task.options["length"]["short"] in prompt
+
+    para = window.task_tabs["paraphrase"]
+    window.tabs.setCurrentWidget(para)
+    para.variants.setValue(3)
+    runs = para.runs("The cat sat on the mat.")
+    assert [r.settings.temperature for r in runs] == [0.0, para.VARIANT_TEMPERATURE, para.VARIANT_TEMPERATURE]
+    assert len({r.settings.seed for r in runs[1:]}) == 2
+    generate(qtbot, para)
+    assert len(para.texts) == 3 and all(t.strip() for t in para.texts)
+    assert para.texts[1] != para.texts[2]  # sampled with different seeds
+    shown = para.answer_text()
+    assert "Variant 1:" in shown and "Variant 3:" in shown
+
+
+def test_switching_tab_moves_the_active_adapter(qtbot, window):
+    engine = window.host.engine
+    for name in ("code", "paraphrase", "math", "summarize"):
+        window.tabs.setCurrentWidget(window.task_tabs[name])
+        qtbot.waitUntil(lambda: engine.active == name, timeout=5000)
+    # Panels do not change the adapter; the "No adapter" toggle does.
+    window.tabs.setCurrentWidget(window.models_panel)
+    qtbot.wait(50)
+    assert engine.active == "summarize"
+    window.tabs.setCurrentWidget(window.task_tabs["code"])
+    window.task_tabs["code"].no_adapter.setChecked(True)
+    qtbot.waitUntil(lambda: engine.active is None, timeout=5000)
+    window.task_tabs["code"].no_adapter.setChecked(False)
+    qtbot.waitUntil(lambda: engine.active == "code", timeout=5000)
+
+
+def test_stop_cancels_and_the_window_stays_responsive(qtbot, window):
+    from app.ui.app import StallWatch
+
+    tab = window.task_tabs["code"]
+    window.tabs.setCurrentWidget(tab)
+    long_runs(tab)
+    watch = StallWatch(window)
+    with qtbot.waitSignal(tab.generation_finished, timeout=GEN_MS) as blocker:
+        tab.generate()
+        assert tab.stop_btn.isEnabled() and not tab.generate_btn.isEnabled()
+        qtbot.waitUntil(lambda: tab.last_chunk is not None and tab.last_chunk.generation_tokens >= 5, timeout=GEN_MS)
+        qtbot.mouseClick(tab.stop_btn, __import__("PySide6.QtCore").QtCore.Qt.MouseButton.LeftButton)
+    assert blocker.args == ["cancelled"]
+    assert tab.last_chunk.generation_tokens < 4000
+    assert "stopped" in tab.status.text()
+    assert tab.generate_btn.isEnabled() and not tab.stop_btn.isEnabled()
+    # The GUI thread never waited on the engine: a 20 ms timer kept firing during the answer.
+    assert watch.worst_ms < 500, f"event loop blocked for {watch.worst_ms:.0f} ms"
+
+
+def test_switching_tab_mid_answer_never_mixes_adapters(qtbot, window):
+    engine = window.host.engine
+    math_tab, code_tab = window.task_tabs["math"], window.task_tabs["code"]
+    window.tabs.setCurrentWidget(math_tab)
+    qtbot.waitUntil(lambda: engine.active == "math", timeout=5000)
+    long_runs(math_tab)
+    with qtbot.waitSignal(math_tab.generation_finished, timeout=GEN_MS) as blocker:
+        math_tab.generate()
+        qtbot.waitUntil(lambda: math_tab.last_chunk is not None and math_tab.last_chunk.generation_tokens >= 5,
+                        timeout=GEN_MS)
+        window.tabs.setCurrentWidget(code_tab)  # while the math answer streams
+    assert blocker.args == ["cancelled"]
+    qtbot.waitUntil(lambda: engine.active == "code", timeout=5000)
+    partial = math_tab.texts[0]
+    n = math_tab.last_chunk.generation_tokens
+    run = math_tab.runs(math_tab.input_text())[0]
+    # Every token of the interrupted answer came from the math adapter alone.
+    ref = reference(engine, "math", run.messages, run.settings.replace(max_tokens=n))
+    assert partial and ref.startswith(partial)
+    engine.activate("code")
+    generate(qtbot, code_tab)
+    run = code_tab.runs(code_tab.input_text())[0]
+    assert code_tab.texts[0] == reference(engine, "code", run.messages, run.settings)
+
+
+def test_corrupt_adapter_is_reported_and_the_app_keeps_working(qtbot, tiny_qwen, adapters, tmp_path):
+    # Damage the stored math adapter after it was registered (e.g. a disk error).
+    folder = store.current("math").path
+    for f in folder.glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file")
+    win = open_window(qtbot, tiny_qwen)
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
+    engine = win.host.engine
+    assert "math" not in engine.adapters and "math" in win.host.problems
+    assert set(engine.adapters) == {"code", "summarize", "paraphrase"}
+    math_tab = win.task_tabs["math"]
+    win.tabs.setCurrentWidget(math_tab)
+    assert "adapter: none" in math_tab.status.text() and str(folder.name) in math_tab.status.text()
+    row = next(r for r in range(win.models_panel.table.rowCount()) if win.models_panel.table.item(r, 0).text() == "math")
+    assert "not loaded" in win.models_panel.table.item(row, 7).text()
+    assert generate(qtbot, math_tab) in ("stop", "length")  # the base model answers
+    assert math_tab.adapter_used is None and math_tab.texts[0]
+
+    # Adding a corrupt folder through the panel: a message naming it; the old adapter stays.
+    bad = tmp_path / "bad-adapter"
+    shutil.copytree(adapters["code"], bad)
+    for f in bad.glob("*.safetensors"):
+        f.write_bytes(b"\x00" * 10)
+    w = win.models_panel.add_adapter("code", str(bad))
+    qtbot.waitUntil(lambda: w.done.is_set(), timeout=10_000)
+    qtbot.waitUntil(lambda: "Could not add" in win.models_panel.message.text(), timeout=5000)
+    assert "bad-adapter" in win.models_panel.message.text()
+    assert "code" in engine.adapters and store.current("code").name == "code-tiny"
+    code_tab = win.task_tabs["code"]
+    win.tabs.setCurrentWidget(code_tab)
+    qtbot.waitUntil(lambda: engine.active == "code", timeout=5000)
+    assert generate(qtbot, code_tab) in ("stop", "length")
+
+    # A good folder added through the panel repairs the math tab.
+    w = win.models_panel.add_adapter("math", str(adapters["math"]))
+    qtbot.waitUntil(lambda: "math" in engine.adapters, timeout=10_000)
+    assert "math" not in win.host.problems
+    win.close()
+
+
+def test_too_long_input_is_a_message(qtbot, window):
+    tab = window.task_tabs["paraphrase"]
+    window.tabs.setCurrentWidget(tab)
+    tab.input.setPlainText("word " * 5000)
+    assert generate(qtbot, tab) == "error"
+    assert tab.message.isVisible() and "Shorten the input" in tab.message.text()
+    tab.input.setPlainText("A short sentence.")
+    assert generate(qtbot, tab) in ("stop", "length")
+    assert not tab.message.isVisible()
+
+
+def test_offline_first_run_says_how_to_use_a_local_folder(qtbot, tiny_qwen):
+    from app.models import local_repo_folder
+
+    repo = "someorg/not-downloaded-model"
+    win = open_window(qtbot, repo)
+    panel = win.models_panel
+    assert win.tabs.currentWidget() is panel
+    assert panel.download_btn.isVisible() and "not on this machine" in panel.message.text()
+    qtbot.mouseClick(panel.download_btn, __import__("PySide6.QtCore").QtCore.Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "offline" in panel.message.text(), timeout=10_000)
+    text = panel.message.text()
+    assert "Local folder" in text and str(local_repo_folder(repo)) in text
+    assert panel.download_btn.isVisible()  # offered again
+    assert win.host.engine is None
+    # A local folder works right away.
+    panel.request_model(str(tiny_qwen), "mlx")
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
+    win.close()
+
+
+def test_download_shows_progress_then_loads_and_can_be_cancelled(qtbot, tiny_qwen, monkeypatch):
+    import threading
+
+    from app import hub
+
+    repo = "someorg/tiny-model"
+    seen = []
+    gate = threading.Event()
+
+    def fake_snapshot(repo_id, folder, progress=None, cancel=None, allow_patterns=None):
+        files = sorted(p for p in tiny_qwen.iterdir() if p.is_file())
+        total = sum(p.stat().st_size for p in files)
+        done = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in files:
+            if cancel is not None and cancel.is_set():
+                raise hub.Cancelled(f"download of {repo_id} cancelled; it resumes where it stopped next time")
+            if repo_id.endswith("slow"):
+                gate.wait(10)
+            shutil.copy(p, folder / p.name)
+            done += p.stat().st_size
+            seen.append((done, total))
+            progress(done, total)
+        return folder
+
+    monkeypatch.setattr(hub, "snapshot", fake_snapshot)
+    win = open_window(qtbot, repo)
+    panel = win.models_panel
+    values = []
+    panel.download_progress.connect(lambda d, t: values.append((panel.progress.value(), panel.progress_label.text())))
+    panel.download(repo, "mlx")
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
+    assert win.host.engine.model_info.ref == repo
+    assert seen and seen[-1][0] == seen[-1][1]
+    qtbot.waitUntil(lambda: len(values) == len(seen), timeout=5000)
+    assert any(" of " in label for _, label in values)
+    assert not panel.progress.isVisible()
+
+    # Cancel: the job stops before the next file and says the download resumes.
+    w = panel.download("someorg/tiny-slow", "mlx")
+    qtbot.waitUntil(lambda: panel.cancel_btn.isVisible(), timeout=5000)
+    qtbot.mouseClick(panel.cancel_btn, __import__("PySide6.QtCore").QtCore.Qt.MouseButton.LeftButton)
+    gate.set()
+    qtbot.waitUntil(lambda: w.done.is_set(), timeout=10_000)
+    qtbot.waitUntil(lambda: "cancelled" in panel.message.text(), timeout=5000)
+    assert "resumes" in panel.message.text()
+    assert win.host.engine.model_info.ref == repo  # the loaded model is untouched
+    win.close()
+
+
+def test_settings_persist_between_runs(qtbot, tiny_qwen, adapters):
+    from app.session import load_settings
+
+    win = open_window(qtbot, tiny_qwen)
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
+    win.resize(780, 520)
+    size = (win.width(), win.height())
+    win.task_tabs["paraphrase"].variants.setValue(4)
+    win.task_tabs["summarize"].length.setCurrentIndex(win.task_tabs["summarize"].length.findData("long"))
+    win.tabs.setCurrentWidget(win.task_tabs["code"])
+    win.close()
+    s = load_settings()
+    assert s["model.mlx"] == str(tiny_qwen)
+    assert s["ui"]["last_tab"] == "Code"
+
+    from app.ui.main_window import MainWindow
+
+    again = MainWindow()  # no --model: the last model comes from the settings
+    qtbot.addWidget(again)
+    assert again.tabs.currentWidget() is again.task_tabs["code"]
+    assert again.task_tabs["paraphrase"].variants.value() == 4
+    assert again.task_tabs["summarize"].length.currentData() == "long"
+    assert (again.width(), again.height()) == size != (1000, 720)  # not the default
+    again.engine_override = "mlx"
+    again.start()
+    qtbot.waitUntil(lambda: again.host.engine is not None, timeout=LOAD_MS)
+    assert str(again.host.engine.model_info.ref) == str(tiny_qwen)
+    again.close()
+
+
+def test_gui_command_is_registered():
+    from app.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["gui", "--engine", "mlx", "--model", "x/y"])
+    from app.ui.cli import cmd_gui
+
+    assert args.func is cmd_gui and args.engine == "mlx" and args.model == "x/y"
