@@ -44,6 +44,10 @@ def register(sub, common):
     ml.set_defaults(func=cmd_models_list)
     m.set_defaults(models_sub=msub)
 
+    from app.cli_convert import add_commands  # models import, adapters export
+
+    add_commands(msub, asub)
+
 
 def _read_text(text: str) -> str:
     if text == "-":

@@ -100,7 +100,8 @@ def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | N
         return candidate.resolve()
     reg = registered_models()
     if ref_s in reg:
-        folder = Path(reg[ref_s])
+        # An imported GGUF is registered twice: NAME (HF, torch) and NAME-mlx (4-bit MLX).
+        folder = Path(reg.get(f"{ref_s}-mlx", reg[ref_s]) if engine == "mlx" else reg[ref_s])
         check_model_folder(folder)
         return folder
     if not _looks_like_repo_id(ref_s):

@@ -309,19 +309,23 @@ def write_metadata(folder: Path, weights: LoraWeights) -> None:
 def write_mlx(weights: LoraWeights, out: str | Path) -> Path:
     """Write an mlx-lm adapter folder (loadable by `mlx_lm.load(..., adapter_path=out)`).
 
-    mlx-lm has one rank and scale per adapter; modules with another scale get it folded into B.
+    mlx-lm has one rank and scale per adapter; modules with another scale get it folded into B,
+    and lower-rank modules are zero-padded to the adapter's rank (the product is unchanged).
+    mlx-lm adapts the last `num_layers` layers; modules it adapts that the file lacks keep B = 0.
     """
     from safetensors.numpy import save_file
 
-    scale = weights.scale
+    scale, rank = weights.scale, weights.rank
     tensors = {}
     for name, m in weights.modules.items():
-        tensors[f"{name}.lora_a"] = m.a.astype(np.float32)
-        tensors[f"{name}.lora_b"] = (m.b * (m.scale / scale)).astype(np.float32)
+        pad = rank - m.rank
+        tensors[f"{name}.lora_a"] = np.pad(m.a, ((0, 0), (0, pad))).astype(np.float32)
+        tensors[f"{name}.lora_b"] = np.pad(m.b * (m.scale / scale), ((0, pad), (0, 0))).astype(np.float32)
     layers = weights.layer_indices()
+    total = weights.fingerprint.get("num_hidden_layers")
     config = {
         "fine_tune_type": "lora",
-        "num_layers": len(layers),
+        "num_layers": total - layers[0] if total and layers else len(layers),
         "lora_parameters": {
             "rank": weights.rank,
             "scale": scale,

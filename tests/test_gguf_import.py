@@ -1,0 +1,153 @@
+"""`loradesk models import FILE.gguf`: a tiny GGUF written with the `gguf` package from the tiny
+Qwen2 model, imported for both engines; bad files give one clear line and leave nothing behind."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import paths
+from app.cli import main
+from app.engine import create_engine
+from app.models import registered_models, resolve_model
+
+PROMPT = "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def write_tiny_gguf(model_dir: Path, out: Path, qtype: str = "F32") -> Path:
+    """The tiny HF model as llama.cpp's converter would write it (names, metadata, BPE vocab)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    w = gguf.GGUFWriter(str(out), "qwen2")
+    w.add_name("tiny")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    added = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    by_id = {i: t for t, i in {**tok["model"]["vocab"], **added}.items()}
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(cfg["vocab_size"])]  # vocab padded like llama.cpp
+    types = [gguf.TokenType.CONTROL if t in added else gguf.TokenType.NORMAL if i in by_id
+             else gguf.TokenType.UNUSED for i, t in enumerate(tokens)]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_chat_template(json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg["num_hidden_layers"])
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for key, arr in load_file(str(model_dir / "model.safetensors")).items():
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if qtype == "Q8_0" and arr.ndim == 2:
+            w.add_tensor(name, gguf.quants.quantize(arr, q8), raw_dtype=q8)
+        else:
+            w.add_tensor(name, arr.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def ggufs(tiny_qwen, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf")
+    return {q: write_tiny_gguf(tiny_qwen, root / f"tiny-{q}.gguf", q) for q in ("F32", "Q8_0")}
+
+
+def _store_entries() -> list[str]:
+    return sorted(p.name for p in paths.models_dir().iterdir())
+
+
+def test_import_for_both_engines(tiny_qwen, ggufs, capsys):
+    assert main(["models", "import", str(ggufs["F32"]), "--name", "tiny-gguf"]) == 0
+    err = capsys.readouterr().err
+    assert "qwen2" in err and "[1/2]" in err and "[2/2]" in err and "registered 'tiny-gguf'" in err
+    assert _store_entries() == ["registry.json", "tiny-gguf", "tiny-gguf-mlx"]  # no temp folders left
+    assert set(registered_models()) == {"tiny-gguf", "tiny-gguf-mlx"}
+    assert resolve_model("tiny-gguf", engine="torch") == paths.models_dir() / "tiny-gguf"
+    assert resolve_model("tiny-gguf", engine="mlx") == paths.models_dir() / "tiny-gguf-mlx"
+
+    original = create_engine("torch")
+    original.load(tiny_qwen)
+    imported = create_engine("torch")
+    imported.load("tiny-gguf")
+    assert imported.encode(PROMPT) == original.encode(PROMPT)
+    assert imported.chat_prompt([{"role": "user", "content": "What is 6 times 7?"}]) == PROMPT
+    diff = np.abs(imported.next_token_logits(PROMPT) - original.next_token_logits(PROMPT)).max()
+    assert diff < 1e-5  # F32 GGUF: a lossless round trip
+
+    mlx = create_engine("mlx")
+    info = mlx.load("tiny-gguf")
+    assert info.quantization == "4-bit (group 64)"
+    logits = mlx.next_token_logits(PROMPT)
+    assert np.isfinite(logits).all() and np.corrcoef(logits, original.next_token_logits(PROMPT))[0, 1] > 0.9
+
+
+def test_import_quantized_gguf_torch_only(tiny_qwen, ggufs, capsys):
+    assert main(["models", "import", str(ggufs["Q8_0"]), "--no-mlx"]) == 0
+    assert "Q8_0" in capsys.readouterr().err
+    assert set(registered_models()) == {"tiny-Q8_0"}
+    config = json.loads((paths.models_dir() / "tiny-Q8_0" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"  # dequantized values, stored at half the float32 size
+    original, imported = create_engine("torch"), create_engine("torch")
+    original.load(tiny_qwen)
+    imported.load("tiny-Q8_0")
+    a, b = imported.next_token_logits(PROMPT), original.next_token_logits(PROMPT)
+    assert np.abs(a - b).max() < 0.25 and a.argmax() == b.argmax()  # Q8_0 + bf16 rounding only
+
+
+def test_existing_name_is_refused_and_kept(ggufs, capsys):
+    assert main(["models", "import", str(ggufs["Q8_0"]), "--name", "mine", "--no-mlx"]) == 0
+    before = (paths.models_dir() / "mine" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["models", "import", str(ggufs["F32"]), "--name", "mine", "--no-mlx"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (paths.models_dir() / "mine" / "model.safetensors").read_bytes() == before
+
+
+def _one_line_error(capsys, args, *needles):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert registered_models() == {} and [p for p in _store_entries() if p != "registry.json"] == []
+
+
+def test_truncated_gguf(ggufs, tmp_path, capsys):
+    cut = tmp_path / "cut.gguf"
+    data = ggufs["F32"].read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    _one_line_error(capsys, ["models", "import", str(cut)], str(cut), "truncated", "download it again")
+    cut.write_bytes(data[:200])  # cut inside the metadata
+    _one_line_error(capsys, ["models", "import", str(cut)], str(cut), "download it again")
+
+
+def test_unsupported_architecture_and_not_gguf(tmp_path, capsys):
+    import gguf
+
+    f = tmp_path / "encoder.gguf"
+    w = gguf.GGUFWriter(str(f), "bert")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _one_line_error(capsys, ["models", "import", str(f)], str(f), "'bert' is not supported", "qwen2")
+    junk = tmp_path / "model.gguf"
+    junk.write_bytes(b"PK\x03\x04 this is a zip file")
+    _one_line_error(capsys, ["models", "import", str(junk)], str(junk), "not a GGUF file")
+    _one_line_error(capsys, ["models", "import", str(tmp_path / "nope.gguf")], "nope.gguf", "does not exist")
