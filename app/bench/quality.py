@@ -149,7 +149,14 @@ def read_results(path: Path) -> list[dict]:
 
 class _Appender:
     def __init__(self, path: Path):
+        torn = False
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
         self.f = open(path, "a", encoding="utf-8")
+        if torn:  # a crash mid-line: end that line so the next record stands alone
+            self.f.write("\n")
         self.lock = threading.Lock()
 
     def write(self, rec: dict) -> None:

@@ -159,21 +159,30 @@ def charts(results: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
+    colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
     for task in results["meta"]["tasks"]:
         runs = [r for r in results["runs"] if r["task"] == task and r["n"] and r["primary"] in r["metrics"]]
         if not runs:
             continue
-        metric = runs[0]["primary"]
+        shown = [m for m in METRIC_ORDER if m in runs[0]["metrics"] and m != "annotation_accuracy"]
         labels = [r["config"] + (f"\n[{r['adapter']}]" if r["adapter"] and task == "hellaswag" else "") for r in runs]
-        vals = [r["metrics"][metric] * (100 if metric in FRACTIONS else 1) for r in runs]
-        fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(runs) + 2), 3.4), dpi=110)
-        bars = ax.bar(labels, vals, color=["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"][: len(runs)])
-        for b, v, r in zip(bars, vals, runs):
-            ax.annotate(f"{v:.1f}\n(n={r['n']})", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=8)
-        ax.set_ylabel(metric + (" (%)" if metric in FRACTIONS else ""))
-        ax.set_ylim(0, max(100 if metric in FRACTIONS else max(vals) * 1.3, 1))
-        ax.set_title(f"{task}: {metric} (measured)")
+        width = 0.8 / len(shown)
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(runs) + 2), 3.6), dpi=110)
+        top = 0.0
+        for j, m in enumerate(shown):
+            vals = [r["metrics"].get(m, 0.0) * (100 if m in FRACTIONS else 1) for r in runs]
+            top = max(top, *vals)
+            xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(runs))]
+            bars = ax.bar(xs, vals, width * 0.95, label=m, color=colors[j % len(colors)])
+            for b, v in zip(bars, vals):
+                ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(range(len(runs)), [f"{lab}\n(n={r['n']})" for lab, r in zip(labels, runs)])
+        frac = all(m in FRACTIONS for m in shown)
+        ax.set_ylabel("%" if frac else "score (0-100)")
+        ax.set_ylim(0, 100 if frac else max(10.0, top * 1.3))
+        ax.set_title(f"{task} (measured)")
+        ax.legend(fontsize=7, loc="upper right")
         fig.tight_layout()
         p = out_dir / f"chart_{task}.png"
         fig.savefig(p)
