@@ -17,14 +17,28 @@ DATA = Path(__file__).parent / "fixtures" / "bench"
 ALL_TASKS = "gsm8k,mathqa,humaneval,hellaswag,cnn_dailymail,arxiv,paraphrase"
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_qwen, tiny_adapters):
+def _engine(kind, tiny_qwen, tiny_adapters):
     from app.engine import create_engine
 
-    eng = create_engine("mlx")
+    eng = create_engine(kind)
     eng.load(tiny_qwen)
     eng.add_adapter("math", tiny_adapters["qwen2"]["math"])
     return eng
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen, tiny_adapters):
+    return _engine("mlx", tiny_qwen, tiny_adapters)
+
+
+_torch = {}
+
+
+def _torch_engine(tiny_qwen, tiny_adapters):
+    if "engine" not in _torch:
+        pytest.importorskip("torch")
+        _torch["engine"] = _engine("torch", tiny_qwen, tiny_adapters)
+    return _torch["engine"]
 
 
 def _direct_loglikelihood(engine, context: str, continuation: str) -> tuple[float, bool]:
@@ -43,8 +57,11 @@ def _direct_loglikelihood(engine, context: str, continuation: str) -> tuple[floa
     return total, greedy
 
 
+@pytest.mark.parametrize("kind", ["mlx", "torch"])
 @pytest.mark.parametrize("adapter", [None, "math"])
-def test_loglikelihood_equals_direct_computation(engine, adapter):
+def test_loglikelihood_equals_direct_computation(engine, tiny_qwen, tiny_adapters, kind, adapter):
+    """Through the Engine interface only, so it holds for either engine."""
+    engine = engine if kind == "mlx" else _torch_engine(tiny_qwen, tiny_adapters)
     engine.activate(adapter)
     try:
         for context, continuation in [("The answer is", " 72."), ("def f(x):", "\n    return x * 2\n")]:

@@ -73,7 +73,7 @@ def load_rows(spec: DatasetSpec, split: str, stems: tuple[str, ...], data_dir: P
 
 def select(n: int, limit: int | None, seed: int | None) -> list[int]:
     """Item indices: the first `limit` (lm-eval's --limit), or with `seed` a seeded random subset
-    of size `limit` (all items, shuffled, when no limit), kept in dataset order."""
+    of size `limit` (all items when no limit), kept in dataset order."""
     idx = list(range(n))
     if seed is not None:
         rng = random.Random(seed)

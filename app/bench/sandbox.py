@@ -20,6 +20,7 @@ hook. Run the benchmark as a dedicated user (or in a container) in that case.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -153,6 +154,7 @@ def _traversable(path: Path) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=2)
 def _interpreter(drop: bool) -> str:
     """A Python the sandbox uid can run; sys.executable unless its stdlib is hidden from others."""
     if not drop or _traversable(Path(os.__file__).parent):
