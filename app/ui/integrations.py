@@ -7,7 +7,6 @@ needs it says what is missing instead of failing at import.
 from __future__ import annotations
 
 import importlib
-import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def as_dict(obj) -> dict:
 
 
 # -- training -------------------------------------------------------------------------------------
-TRAIN_FUNCTIONS = [("training.trainer", "train"), ("training.train", "train"), ("training", "train")]
+TRAIN_FUNCTIONS = [("training.api", "train")]
 
 
 def training_available() -> bool:
@@ -47,33 +46,13 @@ def training_available() -> bool:
 
 
 def train(config, report, cancel):
-    """Run training with `report(dict)` called for each progress report. Returns the result
-    (the trained adapter's folder, or an object/dict holding it)."""
+    """Run training (training.api.train) with `report(dict)` called for each progress report
+    (step, total, phase, loss, val_loss, tokens_per_s, eta_s, message). Returns the adapter folder;
+    a cancel raises the trainer's TrainingCancelled after its checkpoint."""
     fn = _first(TRAIN_FUNCTIONS)
     if fn is None:
         raise RuntimeError("training is not part of this build (the training module is missing)")
-    return fn(config, callback=_TrainCallback(report), cancel=cancel)
-
-
-class _TrainCallback:
-    """Adapts the trainer's callback (mlx-lm style methods, or a plain call) to `report(dict)`."""
-
-    def __init__(self, report):
-        self._report = report
-
-    def __call__(self, info=None, **kw):
-        self._report({**as_dict(info), **kw})
-
-    def on_train_loss_report(self, info):
-        self._report({"kind": "train", **as_dict(info)})
-
-    def on_val_loss_report(self, info):
-        self._report({"kind": "valid", **as_dict(info)})
-
-    def __getattr__(self, name):  # any other on_* hook: forwarded as a report of that kind
-        if name.startswith("on_"):
-            return lambda info=None, **kw: self._report({"kind": name[3:], **as_dict(info), **kw})
-        raise AttributeError(name)
+    return fn(config, lambda r: report(as_dict(r)), cancel)
 
 
 def result_folder(result) -> str | None:
@@ -104,36 +83,27 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
 
 # -- adapters and models ---------------------------------------------------------------------------
 def export_adapter(task: str, out: str, fmt: str = "peft") -> str:
-    """Write the task's adapter to `out` in `fmt` (peft or mlx). Returns what happened, as a sentence."""
-    from app.engine.adapter_format import detect_format
+    """Write the task's adapter to `out` as a PEFT or MLX folder (as `loradesk adapters export`).
+    Returns what happened, as a sentence."""
+    from app.engine.adapter_format import read_adapter, write_mlx, write_peft
     from app.engine.store import adapter_folder
 
     folder = adapter_folder(task)
     if folder is None:
-        raise RuntimeError(f"task {task!r} has no adapter to export")
-    out_path = Path(out)
-    if out_path.exists():
-        raise RuntimeError(f"{out_path} already exists; choose a new folder name")
-    fn = _first([("app.cli_convert", "export_adapter"), ("app.engine.convert", "export_adapter")])
-    if fn is not None:
-        fn(task, out_path, fmt)
-        return f"Exported the {task} adapter as {fmt.upper()} to {out_path}."
-    have = detect_format(folder)
-    if have != fmt:
-        raise RuntimeError(f"conversion to {fmt} is not part of this build; the adapter is in {have} format "
-                           f"at {folder}")
-    tmp = out_path.with_name(out_path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp)
-    tmp.rename(out_path)
-    return f"Exported the {task} adapter ({have.upper()}) to {out_path}."
+        raise RuntimeError(f"task {task!r} has no adapter to export; add or train one first")
+    out_path = Path(out).expanduser()
+    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
+        raise RuntimeError(f"{out_path} already exists and is not empty; choose a new folder")
+    weights = read_adapter(folder)
+    (write_peft if fmt == "peft" else write_mlx)(weights, out_path)
+    return (f"Exported the {task} adapter {folder.name!r} ({weights.format.upper()}) as a {fmt.upper()} folder: "
+            f"{out_path}" + (" — loads with PeftModel.from_pretrained (vLLM, LoRAX)." if fmt == "peft" else "."))
 
 
-def import_gguf(file: str, engine: str) -> str:
+def import_gguf(file: str, engine: str, say=None) -> str:
     """Convert a GGUF file into a registered model; returns the name to load it by."""
-    fn = _first([("app.gguf", "import_gguf"), ("app.cli_convert", "import_gguf"), ("app.models", "import_gguf")])
+    fn = _first([("app.gguf_import", "import_gguf")])
     if fn is None:
-        raise RuntimeError(f"GGUF import is not part of this build; convert {file} on the command line "
-                           "(loradesk models import FILE.gguf) or choose a model folder")
-    result = fn(file)
-    return str(result)
+        raise RuntimeError(f"GGUF import is not part of this build; choose a model folder instead of {file}")
+    placed = fn(file, mlx=engine == "mlx", say=say or (lambda s: None))
+    return next(iter(placed))  # the base name: --model NAME picks the right copy per engine

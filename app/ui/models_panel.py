@@ -69,6 +69,7 @@ def training_summary(meta: dict | None) -> str:
 class ModelsPanel(QWidget):
     load_requested = Signal(str, str)  # model ref, engine kind
     download_progress = Signal(int, int)  # emitted from the download thread; queued to the GUI
+    import_note = Signal(str)  # GGUF import progress lines, from the import thread
 
     def __init__(self, host: EngineHost, parent=None):
         super().__init__(parent)
@@ -88,6 +89,7 @@ class ModelsPanel(QWidget):
         layout.addWidget(self.message)
 
         self.download_progress.connect(self._on_progress)
+        self.import_note.connect(lambda text: self.show_message(text.strip()))
         host.model_loaded.connect(lambda _i: self._model_loaded())
         host.adapters_changed.connect(self.refresh)
         self.refresh()
@@ -312,13 +314,17 @@ class ModelsPanel(QWidget):
 
         self.show_message(f"Importing {file}… (dequantizing and converting can take minutes)")
         kind = self.kind()
-        return create_worker(integrations.import_gguf, file, kind, _connect={
+        return create_worker(integrations.import_gguf, file, kind, say=self.import_note.emit, _connect={
             "returned": lambda ref: self.request_model(ref, kind),
             "errored": lambda e: self.show_message(f"Could not import {file}: {e}", error=True),
         })
 
     def _model_loaded(self) -> None:
         self._offer = None
+        info = self.host.engine.model_info if self.host.engine is not None else None
+        if info is not None:
+            self.set_engine(self.host.kind)
+            self.select_model(str(info.ref))
         self.download_btn.hide()
         self.current_label.setText(f"Loaded: {self.host.model_label()}")
         self.show_message("")

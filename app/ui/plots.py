@@ -18,12 +18,9 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / max(1, n)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks, v = [], start
-    while v <= hi + step * 1e-6:
-        ticks.append(round(v, 10))
-        v += step
-    return ticks
+    first = math.floor(lo / step + 1e-9)
+    last = math.ceil(hi / step - 1e-9)  # the last tick is at or above hi
+    return [round(i * step, 10) for i in range(first, last + 1)]
 
 
 def _fmt(v: float) -> str:

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default="torch")
     ap.add_argument("--out", default="screens")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (layout checks)")
+    ap.add_argument("--random-adapters", type=float, metavar="SCALE",
+                    help="register random rank-8 adapters of this LoRA scale for the model (layout checks "
+                         "when no trained adapters exist)")
     ap.add_argument("--tabs", default="math,code,summarize,paraphrase")
     ap.add_argument("--max-tokens", type=int, help="cap each answer (default: the task's)")
     ap.add_argument("--variants", type=int, default=2, help="paraphrase variants")
@@ -57,6 +60,15 @@ def main(argv=None) -> int:
     if args.tiny:
         args.model, _ = _tiny_home()
         args.engine = "mlx"
+
+    if args.random_adapters:
+        from app.engine import store
+        from app.tiny import write_random_adapter
+
+        root = Path(tempfile.mkdtemp(prefix="loradesk-random-adapters-"))
+        for seed, task in enumerate(("math", "code", "summarize", "paraphrase"), 21):
+            folder = write_random_adapter(args.model, root / task, seed=seed, rank=8, scale=args.random_adapters)
+            store.add(task, folder, name=f"{task}-random", source="random (screenshot script)")
 
     from app.ui.app import StallWatch, create_app, setup_logging
     from app.ui.main_window import MainWindow

@@ -22,13 +22,6 @@ from app.ui.workers import Worker
 log = logging.getLogger(__name__)
 
 
-def _pick(d: dict, *keys, default=None):
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return default
-
-
 class TrainPanel(QWidget):
     adapter_trained = Signal(str, str)  # task, adapter folder
     report = Signal(object)  # a progress dict, emitted from the training thread
@@ -38,6 +31,7 @@ class TrainPanel(QWidget):
         self.host = host
         self.worker: Worker | None = None
         self.config = None
+        self.reports: list[dict] = []  # this run's progress reports
         self._t0 = 0.0
 
         layout = QHBoxLayout(self)
@@ -178,6 +172,7 @@ class TrainPanel(QWidget):
             self.show_message(f"Cannot start: {e}", error=True)
             return None
         self.plot.clear()
+        self.reports = []
         self.plot.total_steps = config.iters
         self.progress.setRange(0, config.iters or 0)
         self.progress.setValue(0)
@@ -188,7 +183,7 @@ class TrainPanel(QWidget):
         cancel = threading.Event()
         self.worker = Worker(integrations.train, config, self.report.emit, cancel, abort_event=cancel)
         self.worker.returned.connect(self._done)
-        self.worker.errored.connect(lambda e: self.show_message(f"Training failed: {e}", error=True))
+        self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._ended)
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
@@ -199,14 +194,25 @@ class TrainPanel(QWidget):
             self.worker.quit()
             self.progress_label.setText("cancelling after the current step…")
 
+    def _failed(self, e: Exception) -> None:
+        if type(e).__name__ == "TrainingCancelled" or (self.worker is not None and self.worker.abort_requested):
+            return  # _ended says it was cancelled
+        self.show_message(f"Training failed: {e}", error=True)
+
     def _on_report(self, d: dict) -> None:
-        step = _pick(d, "step", "iteration", "iter", "it")
-        total = _pick(d, "total", "total_steps", "iters", default=self.config.iters if self.config else None)
-        train_loss = _pick(d, "train_loss", "loss") if d.get("kind") != "valid" else None
-        val_loss = _pick(d, "val_loss", "valid_loss", "validation_loss")
-        if step is None:
+        """One TrainReport (as a dict): step, total, phase, loss, val_loss, tokens_per_s, eta_s, message."""
+        self.reports.append(d)
+        step = d.get("step")
+        total = d.get("total") or (self.config.iters if self.config else None)
+        phase = d.get("phase", "train")
+        train_loss = d.get("loss") if phase == "train" else None
+        val_loss = d.get("val_loss") if phase == "val" else None
+        if step is None or phase not in ("train", "val"):
             if d.get("message"):
                 self.progress_label.setText(str(d["message"]))
+            if step is not None and total:
+                self.progress.setRange(0, int(total))
+                self.progress.setValue(int(step))
             return
         if train_loss is not None:
             self.plot.add_point("train", step, train_loss)
@@ -221,10 +227,10 @@ class TrainPanel(QWidget):
             parts.append(f"loss {train_loss:.3f}")
         if val_loss is not None:
             parts.append(f"valid {val_loss:.3f}")
-        tps = _pick(d, "tokens_per_sec", "tokens_per_second", "tps", "it_tokens_per_sec")
+        tps = d.get("tokens_per_s")
         if tps:
             parts.append(f"{tps:.0f} tok/s")
-        eta = _pick(d, "eta", "eta_seconds", "eta_s")
+        eta = d.get("eta_s")
         if eta is None and total and step:
             el = time.monotonic() - self._t0
             eta = el / step * (total - step)
