@@ -1,0 +1,193 @@
+"""`loradesk train`, `loradesk data preview` and `loradesk bench-train`.
+
+Training runs in a worker thread; Ctrl-C asks it to stop after the current step and leaves a
+checkpoint that `--resume` continues (a second Ctrl-C aborts at once).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+
+def _task_names():
+    from app.tasks import task_names
+
+    return task_names()
+
+
+def _data_args(p):
+    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="local jsonl/json/parquet/csv files or folders (test-split files are held out as "
+                        "evaluation items); DATASET_ID=PATH pins a file to a source. Default: the hub")
+    p.add_argument("--max-seq-length", type=int, help="tokens per example (default: the task's)")
+    p.add_argument("--seed", type=int, help="seed for splits, mixing, batches and dropout (default 0)")
+    p.add_argument("--mix", action="append", default=[], metavar="DATASET_ID=WEIGHT",
+                   help="mixing weight of a source (default: the task record's)")
+    p.add_argument("--max-examples", type=int, help="cap on the mixed training set")
+
+
+def register(sub, common):
+    names = _task_names()
+    t = sub.add_parser("train", parents=[common], help="fine-tune a task's LoRA adapter and register it")
+    t.add_argument("--task", required=True, choices=names)
+    _data_args(t)
+    t.add_argument("--iters", type=int, help="optimizer steps (default: the task's)")
+    t.add_argument("--epochs", type=float, help="train this many passes over the data instead of --iters")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the last interrupted run of the task (or RUN_DIR) from its checkpoint")
+    t.add_argument("--rank", type=int)
+    t.add_argument("--alpha", type=float, help="LoRA alpha; the scale is alpha / rank")
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--num-layers", type=int, help="adapt the last N blocks (-1: all)")
+    t.add_argument("--target-modules", nargs="+", metavar="NAME", help="e.g. q_proj v_proj")
+    t.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"))
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--save-every", type=int, help="checkpoint every N steps (default 50)")
+    t.add_argument("--eval-every", type=int, help="validation every N steps (default 100)")
+    t.add_argument("--dora", action="store_true", help="DoRA instead of LoRA (not hot-swappable)")
+    t.add_argument("--grad-checkpoint", action="store_true", help="less memory, more compute")
+    t.add_argument("--name", help="adapter name in the store (default: TASK-DATE-TIME)")
+    t.add_argument("--no-register", action="store_true", help="keep the adapter in the run folder only")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="inspect training data")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = dsub.add_parser("preview", parents=[common], help="print prepared examples and the split sizes")
+    p.add_argument("--task", required=True, choices=names)
+    _data_args(p)
+    p.add_argument("-n", "--examples", type=int, default=3, help="examples to print (default 3)")
+    p.set_defaults(func=cmd_data_preview)
+
+    from training import bench
+
+    bench.register(sub, common)
+
+
+def _mix(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.rpartition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise ValueError(f"--mix takes DATASET_ID=WEIGHT, got {pair!r}")
+    return out
+
+
+def config_from_args(args):
+    from training.config import TrainConfig
+
+    return TrainConfig.for_task(
+        args.task, model=args.model, engine=args.engine, data=tuple(args.data), mix=_mix(args.mix),
+        max_examples=args.max_examples, max_seq_length=args.max_seq_length, seed=args.seed,
+        iters=getattr(args, "iters", None), epochs=getattr(args, "epochs", None),
+        rank=getattr(args, "rank", None), alpha=getattr(args, "alpha", None), dropout=getattr(args, "dropout", None),
+        num_layers=getattr(args, "num_layers", None),
+        target_modules=tuple(args.target_modules) if getattr(args, "target_modules", None) else None,
+        learning_rate=getattr(args, "learning_rate", None), lr_schedule=getattr(args, "lr_schedule", None),
+        warmup_steps=getattr(args, "warmup_steps", None), batch_size=getattr(args, "batch_size", None),
+        save_every=getattr(args, "save_every", None), eval_every=getattr(args, "eval_every", None),
+        fine_tune_type="dora" if getattr(args, "dora", False) else None,
+        grad_checkpoint=getattr(args, "grad_checkpoint", False) or None, name=getattr(args, "name", None),
+        register=False if getattr(args, "no_register", False) else None,
+    )
+
+
+def run_interruptible(fn, cancel: threading.Event):
+    """Run fn() in a worker thread; the first Ctrl-C sets `cancel`, a second one aborts."""
+    result: dict = {}
+
+    def work():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = e
+
+    worker = threading.Thread(target=work, name="train", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        try:
+            worker.join(0.2)
+        except KeyboardInterrupt:
+            if cancel.is_set():
+                raise
+            cancel.set()
+            print("\nstopping after the current step and saving a checkpoint (Ctrl-C again to abort)...",
+                  file=sys.stderr, flush=True)
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def cmd_train(args) -> int:
+    from training import api
+    from training.callbacks import TqdmCallback
+
+    cancel = threading.Event()
+    bar = TqdmCallback()
+    if args.resume:
+        run = None if args.resume is True else args.resume
+        job = lambda: api.resume(args.task, run, callback=bar, cancel=cancel, iters=args.iters)  # noqa: E731
+    else:
+        config = config_from_args(args)
+        job = lambda: api.train(config, callback=bar, cancel=cancel)  # noqa: E731
+    try:
+        folder = run_interruptible(job, cancel)
+    except api.TrainingCancelled as e:
+        bar.close()
+        print(f"loradesk: training stopped at step {e.step}/{e.total}; the checkpoint is in {e.run.path}.\n"
+              f"continue with: loradesk train --task {args.task} --resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    print(folder)
+    return 0
+
+
+def _local_tokenizer(model_ref: str | None, engine: str | None):
+    """tokenizer.json of a model already on this machine (previews never download)."""
+    from pathlib import Path
+
+    from app.models import local_repo_folder
+    from app.session import choose_engine, choose_model
+
+    ref = choose_model(model_ref, choose_engine(engine))
+    for folder in (Path(ref).expanduser(), local_repo_folder(ref)):
+        if (folder / "tokenizer.json").exists():
+            return folder / "tokenizer.json"
+    return None
+
+
+def cmd_data_preview(args) -> int:
+    from app.tasks import get_task
+    from training.data import TokenCounter, prepare
+
+    config = config_from_args(args)
+    counter = TokenCounter(tokenizer_json=_local_tokenizer(args.model, args.engine))
+    prepared = prepare(config, counter)
+    task = get_task(args.task)
+    r = prepared.report
+    print(f"task {task.name}: train {r['train']}, valid {r['valid']}, test {r['test']} examples "
+          f"(max {config.max_seq_length} tokens, {r['token_counts']} counts)")
+    for sid, s in r["sources"].items():
+        skipped = ", ".join(f"{v} {k}" for k, v in s["skipped"].items()) or "none"
+        print(f"  {sid}: {s['rows']} rows -> {s['examples']} examples (skipped: {skipped}; duplicates {s['duplicates']}; "
+              f"too long {s['too_long']}; cut {s['cut']}; benchmark overlap {s['eval_overlap']}) -> "
+              f"train {s.get('train', 0)} (mix {r['mix'].get(sid, 0):.0%}), valid {s['valid']}, test {s['test']}")
+    checked = ", ".join(f"{k} ({v})" for k, v in r["eval_items"]["checked"].items())
+    print(f"  benchmark items excluded from training: {checked}")
+    for k, why in r["eval_items"]["unavailable"].items():
+        print(f"  not checked: {k}: {why}")
+    for w in prepared.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for e in prepared.train[: args.examples]:
+        print(f"\n--- {e.where} ({e.source}{', ' + str(e.options) if e.options else ''}"
+              f"{f', {e.cut_tokens} tokens cut' if e.cut_tokens else ''})")
+        for m in e.messages(task):
+            text = m["content"] if len(m["content"]) <= 700 else m["content"][:700] + f" [... {len(m['content'])} chars]"
+            print(f"[{m['role']}]\n{text}")
+    return 0
