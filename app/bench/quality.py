@@ -345,8 +345,8 @@ def speed_of(records: list[dict]) -> dict:
     """Speed over a run's generated answers: median time to first token, prompt and decode tok/s
     (total tokens / total time), peak memory (max over items)."""
     gen = [r["stats"] for r in records if r.get("stats", {}).get("generation_tokens")]
-    out = {"items_per_minute": 60 * len(records) / max(1e-9, sum(r.get("seconds", 0) for r in records))
-           if records else None}
+    busy = sum(r.get("seconds", 0) for r in records)  # across resumed sessions too
+    out = {"items_per_minute": 60 * len(records) / max(1e-9, busy) if records else None, "item_seconds": busy}
     if gen:
         ttft = sorted(s.get("ttft", 0.0) for s in gen)
         p_tok = sum(s.get("prompt_tokens", 0) for s in gen)

@@ -139,6 +139,13 @@ def _notes(results: dict) -> list[str]:
         if r["n"] < r["n_selected"]:
             notes.append(f"{r['task']} / {r['config']}: {r['n']} of {r['n_selected']} selected items done "
                          f"(partial; rerun with --resume).")
+    for r in results["runs"]:
+        sp = r.get("speed", {})
+        if sp.get("item_seconds"):
+            notes.append(f"{r['task']} / {r['config']}" + (f" [{r['adapter']}]" if r["adapter"] else "") +
+                         f": {r['n']} items in {sp['item_seconds']:.0f} s of item time (all sessions)" +
+                         (f", {sp['generated_tokens']} tokens generated at {sp['decode_tps']:.1f} tok/s"
+                          if sp.get("decode_tps") else "") + ".")
     seen = set()
     for r in results["runs"]:
         if r["task"] not in seen:
