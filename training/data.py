@@ -61,10 +61,12 @@ class Prepared:
     pool: list[Example] = field(default_factory=list)  # every clean example, before mixing took its share
 
     def fingerprint(self) -> str:
-        """A hash of the training data, to check that a resumed run trains on the same examples."""
+        """A hash of the train and valid examples: a resumed run must continue on the same data."""
         h = hashlib.sha256()
-        for e in self.train:
-            h.update(e.text.encode() + b"\0" + e.response.encode() + b"\1")
+        for part in (self.train, self.valid):
+            for e in part:
+                h.update(e.text.encode() + b"\0" + e.response.encode() + b"\1")
+            h.update(b"\2")
         return h.hexdigest()[:16]
 
 

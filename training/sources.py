@@ -33,7 +33,7 @@ class Rows:
 
     @property
     def columns(self) -> set[str]:
-        return set(self.rows[0]) if self.rows else set()
+        return set().union(*self.rows) if self.rows else set()
 
 
 def clean_value(v):

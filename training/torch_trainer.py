@@ -197,6 +197,7 @@ class TorchTrainer:
     def export(self, folder: Path) -> None:
         """PEFT's folder: adapter_model.safetensors + adapter_config.json."""
         self.model.save_pretrained(str(folder), safe_serialization=True)
+        (folder / "README.md").unlink(missing_ok=True)  # PEFT's blank model card; loradesk.json describes it
         cfg_file = folder / "adapter_config.json"
         cfg = json.loads(cfg_file.read_text())
         cfg["base_model_name_or_path"] = str(self.model_path)
