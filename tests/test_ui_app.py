@@ -344,3 +344,46 @@ def test_gui_command_is_registered():
     from app.ui.cli import cmd_gui
 
     assert args.func is cmd_gui and args.engine == "mlx" and args.model == "x/y"
+
+
+def test_adapter_table_export_and_remove(qtbot, window, tmp_path):
+    from app.engine.adapter_format import detect_format, read_adapter
+
+    panel = window.models_panel
+    engine = window.host.engine
+    table = panel.table
+    tasks = [table.item(r, 0).text() for r in range(table.rowCount())]
+    assert tasks == list(TASKS)
+    r = tasks.index("code")
+    assert table.item(r, 1).text() == "code-tiny" and table.item(r, 3).text() == "4"
+    assert table.item(r, 7).text().startswith("loaded")
+
+    out = tmp_path / "code-peft"
+    w = panel.export_adapter("code", str(out), "peft")
+    qtbot.waitUntil(lambda: w.done.is_set(), timeout=10_000)
+    qtbot.waitUntil(lambda: "Exported" in panel.message.text(), timeout=5000)
+    assert detect_format(out) == "peft" and read_adapter(out).rank == 4
+    w = panel.export_adapter("code", str(out), "mlx")  # never overwrites
+    qtbot.waitUntil(lambda: "already exists" in panel.message.text(), timeout=10_000)
+
+    w = panel.remove_adapter("code", "code-tiny")
+    qtbot.waitUntil(lambda: "code" not in engine.adapters, timeout=10_000)
+    assert store.current("code") is None
+    qtbot.waitUntil(lambda: table.item(tasks.index("code"), 1).text() == "—", timeout=5000)
+    code_tab = window.task_tabs["code"]
+    window.tabs.setCurrentWidget(code_tab)
+    qtbot.waitUntil(lambda: engine.active is None, timeout=5000)
+    assert generate(qtbot, code_tab) in ("stop", "length") and code_tab.adapter_used is None
+
+
+def test_a_model_that_cannot_load_is_a_message(qtbot, tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    win = open_window(qtbot, empty)
+    qtbot.waitUntil(lambda: win.banner.isVisible(), timeout=LOAD_MS)
+    assert "config.json" in win.banner.text() and str(empty) in win.banner.text()
+    assert win.tabs.currentWidget() is win.models_panel and win.host.engine is None
+    tab = win.task_tabs["math"]
+    tab.generate()
+    assert "no model is loaded" in tab.message.text()
+    win.close()

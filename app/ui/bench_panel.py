@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (
 )
 
 from app import paths
-from app.ui import integrations
+from app.ui.child_process import run_in_child
 from app.ui.engine_host import EngineHost
-from app.ui.models_panel import human_bytes, human_duration
+from app.ui.format import human_bytes, human_duration
 from app.ui.plots import BarChart
 from app.ui.workers import Worker
 
@@ -234,11 +234,9 @@ class BenchPanel(QWidget):
         return self.worker.start()
 
     def _job(self, cfg, cancel):
-        from app.bench.quality import run_quality
-
-        results = run_quality(cfg, self.progress_report.emit, cancel)
-        files = integrations.write_report(results, cfg.out_dir)
-        return results, files
+        # A child process: loading models and scoring hold the GIL too long for a thread (see child_process).
+        return run_in_child("app.ui.integrations:bench_job", (cfg,), self.progress_report.emit, cancel,
+                            what="benchmark")
 
     def cancel(self) -> None:
         if self.busy:

@@ -69,6 +69,14 @@ def result_folder(result) -> str | None:
 
 
 # -- benchmark ------------------------------------------------------------------------------------
+def bench_job(cfg, report, cancel):
+    """Run the quality benchmark and write its report: (results dict, report files)."""
+    from app.bench.quality import run_quality
+
+    results = run_quality(cfg, report, cancel)
+    return results, write_report(results, cfg.out_dir)
+
+
 def write_report(results: dict, out_dir: Path) -> list[Path]:
     """The benchmark report's files (Markdown, HTML, charts), or [] when no report writer exists."""
     fn = _first([("app.bench.report", "write_report")])

@@ -49,7 +49,7 @@ def draw_icon(size: int) -> QImage:
 def main(out_dir=None) -> list[str]:
     from PySide6.QtGui import QGuiApplication
 
-    app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])  # noqa: F841 - QImage text needs it
+    _app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])  # noqa: F841 - painting needs one
     out = out_dir or paths.resources_dir()
     out.mkdir(parents=True, exist_ok=True)
     written = []

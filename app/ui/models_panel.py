@@ -1,69 +1,22 @@
-"""Models & adapters: choose and download the base model; list, add, export and remove adapters."""
+"""Models & adapters: choose, download or import the base model; the task adapters below it
+(app/ui/adapters_box.py)."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-    QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget,
 )
 
+from app.ui.adapters_box import AdaptersBox
 from app.ui.engine_host import EngineHost
+from app.ui.format import progress_text
 from app.ui.workers import Worker, create_worker
 
 log = logging.getLogger(__name__)
-ADAPTER_COLUMNS = ("Task", "Adapter", "Base model", "Rank", "Size", "Source", "Training", "In use")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def human_duration(s: float) -> str:
-    s = int(max(0, s))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
-
-
-def progress_text(done: int, total: int, elapsed: float) -> str:
-    """'312.0 MB of 940.0 MB · 10.4 MB/s · 1 min 00 s left'."""
-    speed = done / elapsed if elapsed > 0 else 0.0
-    parts = [f"{human_bytes(done)} of {human_bytes(total)}" if total else human_bytes(done)]
-    if speed > 0:
-        parts.append(f"{human_bytes(speed)}/s")
-        if total > done:
-            parts.append(f"{human_duration((total - done) / speed)} left")
-    return " · ".join(parts)
-
-
-def training_summary(meta: dict | None) -> str:
-    """A short line from an adapter's training metadata (loradesk.json)."""
-    if not meta:
-        return ""
-    parts = []
-    steps = meta.get("steps") or meta.get("iters")
-    if steps:
-        parts.append(f"{steps} steps")
-    for key, label in (("final_train_loss", "loss"), ("train_loss", "loss"), ("final_valid_loss", "valid"),
-                       ("valid_loss", "valid")):
-        v = meta.get(key)
-        if isinstance(v, (int, float)) and label not in " ".join(parts):
-            parts.append(f"{label} {v:.3f}")
-    data = meta.get("datasets")
-    if isinstance(data, dict):
-        parts.append(", ".join(data))
-    elif isinstance(data, list):
-        parts.append(", ".join(str(d.get("id", d)) if isinstance(d, dict) else str(d) for d in data))
-    return " · ".join(parts)
 
 
 class ModelsPanel(QWidget):
@@ -75,13 +28,13 @@ class ModelsPanel(QWidget):
         super().__init__(parent)
         self.host = host
         self.download_worker: Worker | None = None
-        self.job: Worker | None = None  # the last adapter add/export/remove job
         self._dl_start = 0.0
         self._offer: tuple[str, str] | None = None
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._model_box())
-        layout.addWidget(self._adapter_box(), 1)
+        self.adapters = AdaptersBox(host, self.show_message)
+        layout.addWidget(self.adapters, 1)
         self.message = QLabel()
         self.message.setObjectName("message")
         self.message.setWordWrap(True)
@@ -153,30 +106,6 @@ class ModelsPanel(QWidget):
         dl.addWidget(self.cancel_btn)
         v.addLayout(dl)
         self._fill_models()
-        return box
-
-    def _adapter_box(self) -> QGroupBox:
-        box = QGroupBox("Task adapters")
-        v = QVBoxLayout(box)
-        self.table = QTableWidget(0, len(ADAPTER_COLUMNS))
-        self.table.setObjectName("adapters")
-        self.table.setHorizontalHeaderLabels(ADAPTER_COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
-        v.addWidget(self.table, 1)
-        row = QHBoxLayout()
-        for label, slot in (("Add…", self._add_clicked), ("Export…", self._export_clicked),
-                            ("Remove", self._remove_clicked), ("Refresh", self.refresh)):
-            b = QPushButton(label)
-            b.clicked.connect(slot)
-            row.addWidget(b)
-        row.addStretch(1)
-        v.addLayout(row)
         return box
 
     # -- models -------------------------------------------------------------------------------
@@ -330,111 +259,22 @@ class ModelsPanel(QWidget):
         self.show_message("")
         self.refresh()
 
-    # -- adapters -------------------------------------------------------------------------------
+    # -- adapters (the box does the work; these keep one place to call) -------------------------------
     def refresh(self) -> None:
-        from app.cli_core import adapter_rows
-
-        try:
-            rows = adapter_rows()
-        except Exception as e:  # noqa: BLE001 - a damaged store must not break the window
-            self.show_message(f"Could not read the adapter store: {e}", error=True)
-            return
-        self.rows = rows
-        engine = self.host.engine
-        self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            task = row["task"]
-            if engine is not None and task in engine.adapters:
-                in_use = "loaded" + (" · active" if engine.active == task else "")
-            elif task in self.host.problems:
-                in_use = "not loaded: " + self.host.problems[task]
-            else:
-                in_use = "—"
-            cells = (task, row["name"] or "—", row["base_model"], str(row["rank"]), row["size"],
-                     row["source"], training_summary(row.get("metadata")), in_use)
-            for c, text in enumerate(cells):
-                item = QTableWidgetItem(str(text))
-                item.setToolTip(str(text))
-                self.table.setItem(r, c, item)
-
-    def selected_task(self) -> str | None:
-        rows = self.table.selectionModel().selectedRows()
-        if not rows:
-            return None
-        return self.table.item(rows[0].row(), 0).text()
-
-    def _add_clicked(self) -> None:
-        task = self.selected_task()
-        if task is None:
-            self.show_message("Select the task's row first, then Add… an adapter folder for it.")
-            return
-        folder = QFileDialog.getExistingDirectory(self, f"Choose an adapter folder for {task}")
-        if folder:
-            self.add_adapter(task, folder)
+        self.adapters.refresh()
 
     def add_adapter(self, task: str, folder: str) -> Worker:
-        """Copy an adapter folder into the store (validated first), then load it into the engine."""
-        from app.engine import store
-
-        self.show_message(f"Adding {folder} for {task}…")
-
-        def added(entry):
-            self.show_message(f"Found a {entry.format.upper()} adapter; registered as {entry.name!r} for {task}.")
-            if self.host.engine is not None:
-                self.host.add_adapter(task, entry.path)
-            self.refresh()
-
-        self.job = create_worker(store.add, task, folder, _connect={
-            "returned": added,
-            "errored": lambda e: self.show_message(f"Could not add the adapter: {e}", error=True),
-        })
-        return self.job
-
-    def _export_clicked(self) -> None:
-        task = self.selected_task()
-        if task is None:
-            self.show_message("Select the task's row first.")
-            return
-        out = QFileDialog.getExistingDirectory(self, f"Export the {task} adapter into…")
-        if out:
-            self.export_adapter(task, str(Path(out) / f"{task}-adapter"), "peft")
+        return self.adapters.add_adapter(task, folder)
 
     def export_adapter(self, task: str, out: str, fmt: str = "peft") -> Worker:
-        from app.ui import integrations
-
-        self.job = create_worker(integrations.export_adapter, task, out, fmt, _connect={
-            "returned": lambda text: self.show_message(text),
-            "errored": lambda e: self.show_message(f"Could not export the {task} adapter: {e}", error=True),
-        })
-        return self.job
-
-    def _remove_clicked(self) -> None:
-        task = self.selected_task()
-        row = next((r for r in getattr(self, "rows", []) if r["task"] == task), None)
-        if row is None or not row["name"]:
-            self.show_message("Select a task row that has an adapter first.")
-            return
-        self.remove_adapter(task, row["name"])
+        return self.adapters.export_adapter(task, out, fmt)
 
     def remove_adapter(self, task: str, name: str) -> Worker:
-        from app.engine import store
+        return self.adapters.remove_adapter(task, name)
 
-        def job():
-            store.remove(task, name)
-            return store.adapter_folder(task)  # the task's next adapter, if it has one
-
-        def removed(next_folder):
-            self.show_message(f"Removed adapter {name!r} of {task}.")
-            self.host.remove_adapter(task)
-            if next_folder is not None and self.host.engine is not None:
-                self.host.add_adapter(task, next_folder)
-            self.refresh()
-
-        self.job = create_worker(job, _connect={
-            "returned": removed,
-            "errored": lambda e: self.show_message(f"Could not remove the adapter: {e}", error=True),
-        })
-        return self.job
+    @property
+    def table(self):
+        return self.adapters.table
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.message.setText(text)

@@ -296,6 +296,24 @@ class ParaphraseTab(TaskTab):
             return super().answer_text()
         return "\n\n".join(f"Variant {i + 1}:\n{t.strip()}" for i, t in enumerate(self.texts))
 
+    def make_output(self):
+        from PySide6.QtWidgets import QTextBrowser
+
+        return QTextBrowser()
+
+    def render(self):
+        import html
+
+        if len(self.texts) <= 1:
+            body = html.escape(self.answer_text()).replace("\n", "<br>")
+        else:
+            body = "".join(
+                f'<p style="margin-bottom:2px;"><b style="color:#1d4ed8;">Variant {i + 1}</b>'
+                f'<span style="color:#6b7280;"> · {"greedy" if i == 0 else "sampled"}</span></p>'
+                f'<p style="margin-top:0;">{html.escape(t.strip()).replace(chr(10), "<br>") or "…"}</p>'
+                for i, t in enumerate(self.texts))
+        self.output.setHtml(body)
+
     def state(self):
         return {**super().state(), "variants": self.variants.value()}
 

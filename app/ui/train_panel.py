@@ -14,8 +14,9 @@ from PySide6.QtWidgets import (
 
 from app.tasks import get_task, load_tasks
 from app.ui import integrations
+from app.ui.child_process import run_in_child
 from app.ui.engine_host import EngineHost
-from app.ui.models_panel import human_duration
+from app.ui.format import human_duration
 from app.ui.plots import LossPlot
 from app.ui.workers import Worker
 
@@ -181,7 +182,9 @@ class TrainPanel(QWidget):
                           f"{config.engine or 'default'} engine)…")
         self._t0 = time.monotonic()
         cancel = threading.Event()
-        self.worker = Worker(integrations.train, config, self.report.emit, cancel, abort_event=cancel)
+        # A child process: a training loop holds the GIL too long for a thread (see child_process).
+        self.worker = Worker(run_in_child, "app.ui.integrations:train", (config,), self.report.emit, cancel,
+                             "training", abort_event=cancel)
         self.worker.returned.connect(self._done)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._ended)
