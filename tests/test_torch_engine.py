@@ -119,7 +119,7 @@ def _bad_adapters(tmp_path, tiny_models, tiny_adapters) -> dict:
     bad = {}
     bad["wrong base"] = tiny_adapters["llama"]["math"]
     shape = tmp_path / "wrong-shape"
-    from app.engine.adapter_format import read_adapter, write_mlx
+    from app.engine.adapter_format import read_adapter, write_mlx, write_peft
 
     w = read_adapter(good)
     name = next(iter(w.modules))
@@ -143,6 +143,10 @@ def _bad_adapters(tmp_path, tiny_models, tiny_adapters) -> dict:
     w.modules["model.layers.0.self_attn.qkv_fused"] = w.modules.pop(name)
     write_mlx(w, unknown)
     bad["unknown target module"] = unknown
+    biased = write_peft(read_adapter(good), tmp_path / "peft-lora-bias")
+    config = json.loads((biased / "adapter_config.json").read_text())
+    (biased / "adapter_config.json").write_text(json.dumps({**config, "lora_bias": True}))
+    bad["unsupported PEFT option"] = biased
     return bad
 
 
@@ -154,7 +158,7 @@ def test_bad_adapters_give_clear_errors_and_engine_keeps_working(tmp_path, tiny_
     expected = {
         "wrong base": "trained for", "wrong shape": "does not fit", "corrupt safetensors": "corrupt",
         "missing folder": "does not exist", "pickle .bin": "never unpickles",
-        "unknown target module": "no such linear layer",
+        "unknown target module": "no such linear layer", "unsupported PEFT option": "lora_bias",
     }
     for what, folder in _bad_adapters(tmp_path, tiny_models, tiny_adapters).items():
         with pytest.raises(AdapterError) as err:

@@ -212,6 +212,11 @@ def _read_peft(folder: Path, config: dict) -> LoraWeights:
         raise AdapterError(f"{folder}: peft_type {config.get('peft_type')!r} is not LoRA")
     if config.get("use_dora"):
         raise AdapterError(f"{folder}: DoRA adapters cannot be hot-swapped; merge it into the model instead")
+    # Options that change the computation in ways LoraModule cannot hold: refuse, never half-apply.
+    unsupported = [k for k in ("lora_bias", "fan_in_fan_out", "layer_replication") if config.get(k)]
+    if unsupported:
+        raise AdapterError(f"{folder}/adapter_config.json uses {', '.join(unsupported)}, which LoRA Desk cannot "
+                           "apply; merge the adapter into the model instead")
     tensors = _load_tensors_any(folder / PEFT_WEIGHTS)
     modules, problems = {}, []
     for key in sorted(tensors):
