@@ -220,3 +220,9 @@ def test_selection_first_n_or_seeded():
     a = evals.select(100, 5, seed=7)
     assert a == evals.select(100, 5, seed=7) and a != [0, 1, 2, 3, 4] and a == sorted(a)
     assert evals.select(4, None, None) == [0, 1, 2, 3]
+
+
+def test_offline_hub_dataset_gives_a_clear_error():
+    # HF_DATASETS_OFFLINE is set for tests: the hub path must fail fast with what to do instead.
+    with pytest.raises(evals.DatasetUnavailable, match=r"openai/gsm8k \(test\) cannot be fetched .*--data-dir"):
+        evals.GSM8K().load(None, evals.EvalOptions())

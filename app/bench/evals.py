@@ -8,7 +8,12 @@ the general-ability check, belongs to no task: its spec is here), via `datasets`
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import random
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +65,34 @@ def load_rows(spec: DatasetSpec, split: str, stems: tuple[str, ...], data_dir: P
             if shards:
                 return [r for s in shards for r in _read_file(s)], str(data_dir / stem)
         raise DatasetUnavailable(f"no local file for {spec.id} in {data_dir} (looked for {', '.join(tried[:4])}, ...)")
+    if "datasets" not in sys.modules and not _hub_reachable():
+        # Offline: read the local cache only, instead of retrying the hub for every dataset.
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         import datasets
 
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # retries would flood the progress bar
         ds = datasets.load_dataset(spec.id, spec.config, split=split)
     except Exception as e:  # offline, not cached, hub errors: all mean "not available here"
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise DatasetUnavailable(f"{spec.id} ({split}) cannot be fetched ({first}); put {stems[0]}.jsonl "
                                  f"in the real schema in a folder and pass --data-dir") from None
     return [dict(r) for r in ds], f"hub:{spec.id}" + (f"/{spec.config}" if spec.config else "")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """One quick connection attempt to the hub (datasets' own retries take ~25 s per dataset)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
 
 
 def select(n: int, limit: int | None, seed: int | None) -> list[int]:
