@@ -30,6 +30,9 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     panel.seq.setValue(512)
     cfg = panel.build_config()
     assert cfg.model == str(tiny_qwen) and cfg.engine == "mlx" and cfg.data == (str(GSM8K),) and cfg.rank == 4
+    assert cfg.mix == {"openai/gsm8k": 0.7, "allenai/math_qa": 0.3}  # the record's weights
+    panel.hub_rows["allenai/math_qa"][0].setChecked(False)
+    assert panel.build_config().mix["allenai/math_qa"] == 0.0
 
     # Cancel once training is under way: a checkpoint is kept and Resume is offered.
     panel.report.connect(lambda d: panel.cancel() if d.get("phase") == "train" and d.get("step", 0) >= 3 else None)

@@ -56,7 +56,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.models_panel, "Models && adapters")
         self.tabs.addTab(self.train_panel, "Train")
         self.tabs.addTab(self.bench_panel, "Benchmark")
-        self.models_panel.load_requested.connect(self.load_model)
+        self.models_panel.load_requested.connect(self._user_load)
         self.train_panel.adapter_trained.connect(self._adapter_trained)
 
         self.model_status = QLabel("no model")
@@ -83,6 +83,11 @@ class MainWindow(QMainWindow):
         else:
             self.tabs.setCurrentWidget(self.models_panel)
             self.models_panel.offer_download(ref, kind)
+
+    def _user_load(self, ref: str, kind: str) -> None:
+        """A model chosen in the panel: its engine becomes the app's setting (the CLI follows it too)."""
+        self.settings["engine"] = kind
+        self.load_model(ref, kind)
 
     def load_model(self, ref: str, kind: str) -> None:
         for tab in self.task_tabs.values():

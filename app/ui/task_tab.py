@@ -77,6 +77,8 @@ class TaskTab(QWidget):
         self.copy_btn.clicked.connect(self.copy)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(keys), self, self.generate, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        QShortcut(QKeySequence("Escape"), self, self.stop, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.stop_btn.setToolTip("Esc")
 
         self.output = self.make_output()
         self.output.setObjectName("output")

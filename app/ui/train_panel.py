@@ -8,8 +8,8 @@ import time
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QLineEdit, QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
+    QLabel, QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from app.tasks import get_task, load_tasks
@@ -49,9 +49,12 @@ class TrainPanel(QWidget):
             self.task_combo.addItem(t.label, t.name)
         self.task_combo.currentIndexChanged.connect(lambda _i: self._task_changed())
         form.addRow("Task:", self.task_combo)
-        self.hub_ids = QLineEdit()
-        self.hub_ids.setObjectName("hub-ids")
-        form.addRow("Hub datasets:", self.hub_ids)
+        # The task record's hub datasets, each with its mixing weight (unticked: left out).
+        self.hub_box = QWidget()
+        self.hub_grid = QGridLayout(self.hub_box)
+        self.hub_grid.setContentsMargins(0, 0, 0, 0)
+        self.hub_rows: dict[str, tuple[QCheckBox, QDoubleSpinBox]] = {}
+        form.addRow("Hub datasets:", self.hub_box)
         files_row = QVBoxLayout()
         self.files = QListWidget()
         self.files.setObjectName("data-files")
@@ -67,6 +70,11 @@ class TrainPanel(QWidget):
         fb.addStretch(1)
         files_row.addLayout(fb)
         form.addRow("Local files:", files_row)
+        note = QLabel("Local files (jsonl, json, parquet, csv in the datasets' own columns) replace the "
+                      "hub download; use them offline.")
+        note.setWordWrap(True)
+        note.setObjectName("hint")
+        form.addRow(note)
         left.addWidget(box)
 
         sbox = QGroupBox("Key settings")
@@ -132,7 +140,20 @@ class TrainPanel(QWidget):
         self.lr.setValue(d.learning_rate)
         self.batch.setValue(d.batch_size)
         self.seq.setValue(d.max_seq_length)
-        self.hub_ids.setPlaceholderText("default: " + ", ".join(s.id for s in t.datasets))
+        while self.hub_grid.count():
+            self.hub_grid.takeAt(0).widget().deleteLater()
+        self.hub_rows = {}
+        for i, spec in enumerate(t.datasets):
+            cb = QCheckBox(spec.id)
+            cb.setChecked(True)
+            weight = QDoubleSpinBox()
+            weight.setRange(0.0, 100.0)
+            weight.setSingleStep(0.1)
+            weight.setValue(spec.weight)
+            weight.setToolTip("mixing weight (renormalized over the ticked datasets)")
+            self.hub_grid.addWidget(cb, i, 0)
+            self.hub_grid.addWidget(weight, i, 1)
+            self.hub_rows[spec.id] = (cb, weight)
 
     def _add_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(self, "Training data", "",
@@ -141,9 +162,10 @@ class TrainPanel(QWidget):
             self.files.addItem(f)
 
     def data(self) -> tuple[str, ...]:
-        local = [self.files.item(i).text() for i in range(self.files.count())]
-        hub = [s.strip() for s in self.hub_ids.text().split(",") if s.strip()]
-        return tuple(local + hub)
+        return tuple(self.files.item(i).text() for i in range(self.files.count()))
+
+    def mix(self) -> dict[str, float]:
+        return {ds: (w.value() if cb.isChecked() else 0.0) for ds, (cb, w) in self.hub_rows.items()}
 
     def build_config(self):
         from training.config import TrainConfig
@@ -153,7 +175,7 @@ class TrainPanel(QWidget):
             model = str(self.host.engine.model_info.ref)
         iters = self.iters.value()
         return TrainConfig.for_task(
-            self.task(), model=model, engine=self.host.kind, data=self.data(), iters=iters,
+            self.task(), model=model, engine=self.host.kind, data=self.data(), mix=self.mix(), iters=iters,
             rank=self.rank.value(), alpha=2.0 * self.rank.value(), learning_rate=self.lr.value(),
             batch_size=self.batch.value(), max_seq_length=self.seq.value(), resume=self.resume.isChecked(),
             save_every=max(1, min(50, iters // 4 or 1)), eval_every=max(1, min(100, iters // 4 or 1)),
@@ -272,7 +294,7 @@ class TrainPanel(QWidget):
     def state(self) -> dict:
         return {"task": self.task(), "iters": self.iters.value(), "rank": self.rank.value(),
                 "learning_rate": self.lr.value(), "batch_size": self.batch.value(),
-                "max_seq_length": self.seq.value(), "hub": self.hub_ids.text(),
+                "max_seq_length": self.seq.value(),
                 "files": [self.files.item(i).text() for i in range(self.files.count())]}
 
     def restore(self, s: dict) -> None:
@@ -285,6 +307,5 @@ class TrainPanel(QWidget):
                 w.setValue(int(s[key]))
         if "learning_rate" in s:
             self.lr.setValue(float(s["learning_rate"]))
-        self.hub_ids.setText(s.get("hub", ""))
         for f in s.get("files", []):
             self.files.addItem(f)
