@@ -172,10 +172,11 @@ def test_api_progress_cancel_and_resume(tiny_qwen, tmp_path):
         if p.done == 2:
             cancel.set()
 
-    cfg = QualityConfig(tasks=("gsm8k",), configs=("base",), model=str(tiny_qwen), engine="mlx", out_dir=out,
-                        data_dir=DATA, options=evals.EvalOptions(max_tokens=4))
+    cfg = QualityConfig(tasks=("gsm8k", "paraphrase"), configs=("base",), model=str(tiny_qwen), engine="mlx",
+                        out_dir=out, data_dir=DATA, options=evals.EvalOptions(max_tokens=4))
     results = run_quality(cfg, progress, cancel)
     assert results["meta"]["cancelled"]
+    assert len(results["runs"]) == 1  # nothing after the cancel starts
     assert results["runs"][0]["n"] == 2 and results["runs"][0]["n_selected"] == 3
     assert seen[-1].total == 3 and seen[-1].metric == "exact_match" and seen[-1].eta is not None
     from app.bench.report import write_report
@@ -186,9 +187,9 @@ def test_api_progress_cancel_and_resume(tiny_qwen, tmp_path):
     cfg.resume = True
     seen.clear()
     results = run_quality(cfg, seen.append, threading.Event())
-    assert results["runs"][0]["n"] == 3 and not results["meta"]["cancelled"]
+    assert [r["n"] for r in results["runs"]] == [3, 3] and not results["meta"]["cancelled"]
     assert seen[0].done == 2 and seen[0].message == "resumed" and seen[-1].done == 3
-    assert len(read_results(out / "results.jsonl")) == 3
+    assert len(read_results(out / "results.jsonl")) == 6
 
 
 def test_missing_dataset_is_skipped_with_a_clear_line(tiny_qwen, tmp_path):

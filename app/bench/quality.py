@@ -244,7 +244,8 @@ def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None 
                 break
             try:
                 session = _open(names, ref, cfg, kind, adapter_tasks)
-            except EngineError as e:
+            except (EngineError, OSError, RuntimeError, ValueError, MemoryError) as e:
+                # Skipped with the reason; the other configurations still run.
                 for c in names:
                     skipped.append({"task": "*", "config": c, "reason": f"model {ref} not loaded: {e}"})
                 continue
@@ -255,6 +256,8 @@ def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None 
                 for t, items in data.items():
                     ev = get_eval(t)
                     for adapter, why in _units(ev, c, engine, session.problems):
+                        if cancel.is_set():
+                            break
                         if why:
                             skipped.append({"task": t, "config": c, "reason": why})
                             continue
@@ -267,15 +270,13 @@ def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None 
                                "_ids": {i for i, _ in items}}
                         _run_unit(ev, engine, items, run, cfg, out, done, prior, progress, cancel)
                         runs.append(run)
-                        if cancel.is_set():
-                            break
             engine.activate(None)
             del engine, session
             gc.collect()
     finally:
         out.close()
     records = read_results(results_path)
-    return summarize(records, runs, skipped, {**meta, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC"),
+    return summarize(records, runs, skipped, {**meta, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                                               "wall_seconds": time.time() - started,
                                               "cancelled": cancel.is_set(), "sources": sources})
 
