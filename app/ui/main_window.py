@@ -107,6 +107,11 @@ class MainWindow(QMainWindow):
         problems = self.host.problems
         if problems:
             log.warning("tasks without adapter: %s", problems)
+        # A missing adapter is normal before training; one that failed to load is an error to show.
+        broken = {t: why for t, why in problems.items() if not why.startswith("no adapter for")}
+        if broken:
+            self.show_error("\n".join(f"The {t} adapter could not be loaded, so the {t} tab answers with the "
+                                       f"base model: {why}" for t, why in broken.items()))
         self._tab_changed(self.tabs.currentIndex())
         self._refresh_status()
 

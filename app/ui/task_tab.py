@@ -61,10 +61,10 @@ class TaskTab(QWidget):
         self.input.setToolTip("Ctrl+Enter generates. Left empty, the example shown here is used.")
 
         buttons = QHBoxLayout()
-        self.generate_btn = QPushButton("Generate")
+        self.generate_btn = QPushButton("Generate  (Ctrl+Enter)")
         self.generate_btn.setObjectName("primary")
         self.generate_btn.setToolTip("Ctrl+Enter")
-        self.stop_btn = QPushButton("Stop")
+        self.stop_btn = QPushButton("Stop  (Esc)")
         self.stop_btn.setEnabled(False)
         self.copy_btn = QPushButton("Copy")
         self.copy_btn.setToolTip("Copy the answer to the clipboard")
@@ -224,7 +224,9 @@ class TaskTab(QWidget):
             elif self.no_adapter.isChecked():
                 parts.append("adapter: none (base model)")
             elif self.host.engine is not None:
-                parts.append(f"adapter: none ({problem or 'not loaded'})" if problem else "adapter: none")
+                if problem and problem.startswith("no adapter for"):
+                    problem = "none yet: train one in the Train tab or add one under Models & adapters"
+                parts.append(f"adapter: none ({problem})" if problem else "adapter: none")
         c = self.last_chunk
         if c is not None:
             if c.generation_tokens:
