@@ -138,6 +138,7 @@ def test_whole_run_writes_the_report_and_resumes(tiny_qwen, tiny_adapters, tmp_p
     assert "Published reference figures (NOT measured here)" in md
     assert md.index("Published reference figures") > md.index("## Milestone table")
     assert "Skipped * / /nonexistent/model" in md
+    assert "gsm8k / base: calculator annotations" in md
     assert "<table" in (out / "report.html").read_text()
 
     # --resume: nothing is run again.

@@ -146,6 +146,11 @@ def _notes(results: dict) -> list[str]:
                          f": {r['n']} items in {sp['item_seconds']:.0f} s of item time (all sessions)" +
                          (f", {sp['generated_tokens']} tokens generated at {sp['decode_tps']:.1f} tok/s"
                           if sp.get("decode_tps") else "") + ".")
+    for r in results["runs"]:
+        ms = r.get("metrics", {})
+        if "annotations_total" in ms:
+            notes.append(f"{r['task']} / {r['config']}: calculator annotations «a=b» in the answers: "
+                         f"{ms['annotations_right']} of {ms['annotations_total']} arithmetically right.")
     seen = set()
     for r in results["runs"]:
         if r["task"] not in seen:
