@@ -12,15 +12,16 @@ ATOL = 1e-4  # float32 both sides; measured differences are ~1e-6
 GREEDY20 = GenerationSettings(max_tokens=20)
 
 
-def write_real_peft_adapter(model_dir, out, seed=0):
+def write_real_peft_adapter(model_dir, out, seed=0, **options):
     """An adapter saved by PEFT itself: per-module ranks and alphas, non-zero lora_B."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
-                        rank_pattern={"up_proj": 4}, alpha_pattern={"down_proj": 32.0}, lora_dropout=0.0)
+    options = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+               "rank_pattern": {"up_proj": 4}, "alpha_pattern": {"down_proj": 32.0}, "lora_dropout": 0.0, **options}
+    config = LoraConfig(**options)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(model_dir)), config)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -121,3 +122,30 @@ def test_other_architectures_agree(tiny_models, tiny_adapters, arch):
         a, b = (e.next_token_logits(prompt) for e in pair)
         assert float(np.abs(a - b).max()) < ATOL and a.argmax() == b.argmax(), (arch, adapter)
         assert pair[0].generate(prompt, GREEDY20) == pair[1].generate(prompt, GREEDY20), (arch, adapter)
+
+
+def test_rslora_regex_patterns_and_layer_subset(tiny_qwen, tmp_path):
+    """PEFT options that change the scale per module: rsLoRA (alpha / sqrt r), regex alpha/rank
+    patterns (PEFT matches `(.*\\.)?pattern$`, first match wins), layers_to_transform."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = write_real_peft_adapter(
+        tiny_qwen, tmp_path / "rslora", seed=4, use_rslora=True, layers_to_transform=[1], layers_pattern="layers",
+        target_modules=["q_proj", "k_proj", "gate_proj"], rank_pattern={"k_proj": 2},
+        alpha_pattern={r"layers\.1\.self_attn\.(q|k)_proj": 40.0, "q_proj": 1.0})
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_qwen)), str(folder))
+    mlx = create_engine("mlx")
+    mlx.load(tiny_qwen)
+    mlx.add_adapter("r", folder)
+    assert mlx.adapters["r"].modules == 3  # layer 1 only
+    mlx.activate("r")
+    prompt = _prompt(mlx)
+    with torch.no_grad():
+        expected = ref(torch.tensor([mlx.encode(prompt)])).logits[0, -1].numpy()
+    with ref.disable_adapter(), torch.no_grad():
+        base = ref(torch.tensor([mlx.encode(prompt)])).logits[0, -1].numpy()
+    got = mlx.next_token_logits(prompt)
+    assert float(np.abs(got - base).max()) > 0.05
+    assert float(np.abs(got - expected).max()) < ATOL

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -201,8 +202,9 @@ def _read_mlx(folder: Path, config: dict) -> LoraWeights:
 def _peft_scale(config: dict, short: str, rank: int) -> float:
     alpha = config.get("lora_alpha", rank)
     for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if short.endswith(pattern):
+        if re.match(rf"(.*\.)?({pattern})$", short):  # PEFT's get_pattern_key: first match wins
             alpha = value
+            break
     root = math.sqrt(rank) if config.get("use_rslora") else rank
     return float(alpha) / root
 
