@@ -68,8 +68,11 @@ class AdaptersBox(QGroupBox):
                 in_use = "not loaded: " + self.host.problems[task]
             else:
                 in_use = "—"
+            source = row["source"]
+            if not row["name"] and source.startswith("none (loradesk train"):
+                source = "none yet: train one in the Train tab, or Add… a folder"
             cells = (task, row["name"] or "—", row["base_model"], str(row["rank"]), row["size"],
-                     row["source"], training_summary(row.get("metadata")), in_use)
+                     source, training_summary(row.get("metadata")), in_use)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(str(text))
                 item.setToolTip(str(text))

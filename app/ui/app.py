@@ -66,6 +66,10 @@ class StallWatch(QObject):
             self.stalls += 1
             log.warning("event loop blocked for %.0f ms", gap)
 
+    def skip(self) -> None:
+        """Do not count the time since the last tick (e.g. a screenshot the caller just took)."""
+        self._last = time.perf_counter()
+
     def reset(self) -> None:
         self.worst_ms, self.stalls, self._last = 0.0, 0, time.perf_counter()
 

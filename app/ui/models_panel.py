@@ -8,7 +8,8 @@ import time
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget,
+    QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout,
+    QWidget,
 )
 
 from app.ui.adapters_box import AdaptersBox
@@ -32,14 +33,15 @@ class ModelsPanel(QWidget):
         self._offer: tuple[str, str] | None = None
 
         layout = QVBoxLayout(self)
-        layout.addWidget(self._model_box())
-        self.adapters = AdaptersBox(host, self.show_message)
-        layout.addWidget(self.adapters, 1)
+        # Messages sit right under the model controls (download offers, offline, adapter results).
         self.message = QLabel()
         self.message.setObjectName("message")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self._model_box())
         layout.addWidget(self.message)
+        self.adapters = AdaptersBox(host, self.show_message)
+        layout.addWidget(self.adapters, 1)
 
         self.download_progress.connect(self._on_progress)
         self.import_note.connect(lambda text: self.show_message(text.strip()))
@@ -100,10 +102,13 @@ class ModelsPanel(QWidget):
         self.cancel_btn = QPushButton("Cancel download")
         self.cancel_btn.clicked.connect(self.cancel)
         self.cancel_btn.hide()
+        self.download_btn.setObjectName("primary")
+        self.download_btn.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Fixed)
         dl.addWidget(self.download_btn)
         dl.addWidget(self.progress, 1)
         dl.addWidget(self.progress_label)
         dl.addWidget(self.cancel_btn)
+        dl.addStretch(0)  # keeps the Download button its own size while the bar is hidden
         v.addLayout(dl)
         self._fill_models()
         return box
@@ -125,7 +130,7 @@ class ModelsPanel(QWidget):
         for i, m in enumerate(SUPPORTED):
             repo = m.mlx_repo if kind == "mlx" else m.torch_repo
             here = (local_repo_folder(repo) / ".complete").exists()
-            size = f"~{m.approx_gb_4bit:.1f} GB 4-bit" if kind == "mlx" else f"{m.params_b:.1f}B params"
+            size = f"~{m.approx_gb_4bit:.1f} GB 4-bit" if kind == "mlx" else f"~{2 * m.params_b:.1f} GB bf16"
             label = f"{m.label}{' (default)' if i == DEFAULT_INDEX else ''} — {repo} · {size}"
             self.model_combo.addItem(label + (" · downloaded" if here else ""), repo)
         for name, folder in registered_models().items():
@@ -158,9 +163,10 @@ class ModelsPanel(QWidget):
         from app.models import SUPPORTED
 
         self.select_model(ref)
-        size = next((f" (about {m.approx_gb_4bit:.1f} GB)" for m in SUPPORTED if ref in (m.mlx_repo,)), "")
+        size = next((f" (about {m.approx_gb_4bit:.1f} GB)" if ref == m.mlx_repo else f" (about {2 * m.params_b:.1f} GB)"
+                     for m in SUPPORTED if ref in (m.mlx_repo, m.torch_repo)), "")
         self._offer = (ref, kind)
-        self.download_btn.setText(f"Download {ref}")
+        self.download_btn.setText(f"Download {ref}{size}")
         self.download_btn.show()
         self.show_message(f"The model {ref}{size} is not on this machine yet. Download it, or choose a "
                           "local model folder or GGUF file.")
@@ -214,7 +220,8 @@ class ModelsPanel(QWidget):
         else:
             self.show_message(str(e), error=True)
         self._offer = (ref, kind)
-        self.download_btn.setText(f"Download {ref}")
+        if not self.download_btn.text().startswith(f"Download {ref}"):  # keep the offer's size note
+            self.download_btn.setText(f"Download {ref}")
         self.download_btn.show()
 
     def _download_ended(self) -> None:

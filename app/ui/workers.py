@@ -97,7 +97,12 @@ class Worker(QRunnable):
             self.signals.yielded.emit(value)
 
     def _log_error(self, e: Exception) -> None:
-        log.error("%s failed: %s", self.name, e, exc_info=(type(e), e, e.__traceback__))
+        from app.engine.base import EngineError
+
+        if isinstance(e, (EngineError, ValueError, OSError)):  # the user's problem, told in the window
+            log.warning("%s: %s", self.name, e)
+        else:  # a bug: keep the traceback in the log file
+            log.error("%s failed: %s", self.name, e, exc_info=(type(e), e, e.__traceback__))
 
     def _release(self) -> None:
         Worker._alive.discard(self)
