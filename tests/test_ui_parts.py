@@ -205,3 +205,36 @@ def test_bench_panel_runs_a_tiny_benchmark_to_its_table(qtbot, tiny_qwen, tiny_a
     assert (dest / "results.jsonl").exists() and "Exported" in panel.message.text()
     assert panel.chart.categories == ["humaneval"]
     win.close()
+
+
+def test_bench_panel_cancel_then_resume(qtbot, tiny_qwen):
+    from app.ui.main_window import MainWindow
+
+    win = MainWindow(model=str(tiny_qwen), engine="mlx")
+    qtbot.addWidget(win)
+    win.start()
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=60_000)
+    panel = win.bench_panel
+    for name, cb in panel.task_checks.items():
+        cb.setChecked(name == "humaneval")
+    for name, cb in panel.config_checks.items():
+        cb.setChecked(name == "base")
+    panel.limit.setValue(4)
+    panel.max_tokens.setValue(8)
+    stop_after_first = lambda p: panel.cancel() if p.done >= 1 else None  # noqa: E731
+    panel.progress_report.connect(stop_after_first)
+    w = panel.start()
+    qtbot.waitUntil(lambda: w.done.is_set(), timeout=120_000)
+    qtbot.waitUntil(lambda: panel.run_btn.isEnabled(), timeout=5000)
+    assert panel.results["meta"]["cancelled"] and "Cancelled" in panel.message.text()
+    done_first = panel.results["runs"][0]["n"]
+    assert 1 <= done_first < 4
+    panel.progress_report.disconnect(stop_after_first)
+    panel.resume.setChecked(True)
+    w = panel.start()
+    qtbot.waitUntil(lambda: w.done.is_set(), timeout=120_000)
+    qtbot.waitUntil(lambda: panel.run_btn.isEnabled(), timeout=5000)
+    assert not panel.results["meta"]["cancelled"] and panel.results["runs"][0]["n"] == 4
+    lines = panel.out_dir.joinpath("results.jsonl").read_text().strip().splitlines()
+    assert len(lines) == 4  # the items done before the cancel were not run again
+    win.close()

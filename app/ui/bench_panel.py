@@ -195,9 +195,11 @@ class BenchPanel(QWidget):
         model = None
         if self.host.engine is not None and self.host.engine.model_info is not None:
             model = str(self.host.engine.model_info.ref)
-        out = paths.runs_dir() / "bench" / ("latest" if self.resume.isChecked() else time.strftime("%Y%m%d-%H%M%S"))
-        if self.resume.isChecked() and self.out_dir is not None:
-            out = self.out_dir
+        root = paths.runs_dir() / "bench"
+        out = root / time.strftime("%Y%m%d-%H%M%S")
+        if self.resume.isChecked():  # continue this session's run, else the newest one on disk
+            earlier = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+            out = self.out_dir or (earlier[-1] if earlier else out)
         return QualityConfig(
             tasks=tuple(tasks), configs=tuple(configs), model=model, engine=self.host.kind,
             limit=self.limit.value() or None, out_dir=out, resume=self.resume.isChecked(),
