@@ -151,6 +151,7 @@ class BenchPanel(QWidget):
         right.addWidget(self.progress)
         self.progress_label = QLabel("")
         self.progress_label.setObjectName("bench-status")
+        self.progress_label.setWordWrap(True)  # a long line must not widen the window
         right.addWidget(self.progress_label)
         self.table = QTableWidget(0, 0)
         self.table.setObjectName("milestones")

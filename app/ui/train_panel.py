@@ -114,6 +114,7 @@ class TrainPanel(QWidget):
         self.progress.setObjectName("train-progress")
         right.addWidget(self.progress)
         self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)  # a long line must not widen the window
         right.addWidget(self.progress_label)
         self.plot = LossPlot()
         right.addWidget(self.plot, 1)
@@ -160,6 +161,7 @@ class TrainPanel(QWidget):
                                                 "Data files (*.jsonl *.json *.parquet *.csv);;All files (*)")
         for f in files:
             self.files.addItem(f)
+            self.files.item(self.files.count() - 1).setToolTip(f)
 
     def data(self) -> tuple[str, ...]:
         return tuple(self.files.item(i).text() for i in range(self.files.count()))
