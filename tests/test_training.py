@@ -215,3 +215,39 @@ def test_bad_data_fails_before_training(tiny_qwen, tmp_path):
     with pytest.raises(ValueError, match="gsm8k_train.jsonl row 2: missing field 'answer'"):
         api.train(config(tiny_qwen, "mlx", bad))
     assert store.current("math") is None
+
+
+def test_cli_train_shows_progress_and_ctrl_c_leaves_a_checkpoint(tiny_qwen, memo_data, capsys):
+    import os
+    import signal
+
+    from app.cli import main
+    from training.cli import run_interruptible
+
+    assert main(["train", "--task", "math", "--engine", "mlx", "--model", str(tiny_qwen), "--data", str(memo_data),
+                 "--iters", "12", "--batch-size", "2", "--eval-every", "5"]) == 0
+    out = capsys.readouterr()
+    folder = out.out.strip().splitlines()[-1]
+    assert store.current("math").path.as_posix() == folder
+    assert "12/12" in out.err and "trained the math adapter" in out.err  # tqdm bar, then the summary
+
+    # Ctrl-C: the first SIGINT asks the worker to stop after its step (it checkpoints and returns)
+    cancel = threading.Event()
+
+    def job():
+        assert cancel.wait(10), "Ctrl-C did not reach the training job"
+        return "stopped cleanly"
+
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    assert run_interruptible(job, cancel) == "stopped cleanly"
+
+
+def test_bench_reads_mlx_lm_reports():
+    from training.bench import _ANSI, _RAW_LINE, window_means
+
+    line = "  \x1b[38;5;244m  20\x1b[0m    \x1b[1;32m5.730 ▼\x1b[0m    \x1b[1m 1,097\x1b[0m    \x1b[38;5;244m  5.9k\x1b[0m"
+    m = _RAW_LINE.match(_ANSI.sub("", line))
+    assert m and (m.group(1), m.group(2), m.group(3)) == ("20", "5.730", "1,097")
+    assert window_means([(10, 50.0), (20, 100.0), (30, 110.0)]) == 105.0  # the first window is compile time
+    with pytest.raises(RuntimeError, match="too short"):
+        window_means([(10, 50.0)])

@@ -162,7 +162,7 @@ def _fit(config, engine, ref, model_path, trainer, prepared, run, total, start, 
     run.update(status="done", step=total, adapter=str(folder))
     run.clear_checkpoints()
     summary = progress.summary()
-    progress.event(total, "done", f"adapter {folder.name} for task {config.task}: train loss "
+    progress.event(total, "done", f"trained the {config.task} adapter {run.path.name}: train loss "
                                   f"{_fmt(summary['final_train_loss'])}, valid loss {_fmt(summary['final_valid_loss'])}, "
                                   f"{_fmt(summary['tokens_per_s'], '.0f')} tokens/s -> {folder}")
     return folder

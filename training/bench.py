@@ -1,2 +1,170 @@
+"""`loradesk bench-train`: training throughput of `loradesk train` against raw `mlx_lm lora --train`,
+on the same model, examples and settings, measured side by side in one run.
+
+Both run as subprocesses (this module imports neither mlx nor torch), alternating raw / ours for
+`--repeats` rounds. Both count tokens the way mlx-lm does (tokens that carry loss) and exclude
+validation time. Throughput is the mean over 10-step windows after the first window (which holds
+compilation): raw mlx-lm prints one tokens/s figure per 10-step window; ours are the same windows
+summed from the per-step figures in the adapter's loradesk.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WINDOW = 10
+VALID = 0.1  # of 64 rows: 6 validation examples, more than a batch (mlx-lm needs one full batch)
+TARGET = 0.95
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_RAW_LINE = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+[▼▲]\s+([\d,]+)\s+([\d.]+)k\s*$")
+
+
 def register(sub, common):
-    pass
+    b = sub.add_parser("bench-train", help="training tokens/s: loradesk train vs raw mlx_lm lora, one run")
+    b.add_argument("--model", help="an MLX-loadable model folder (default: a random Qwen2-architecture "
+                                   "model built here, 4-bit)")
+    b.add_argument("--hidden", type=int, default=128, help="hidden size of the built model (default 128)")
+    b.add_argument("--layers", type=int, default=2, help="layers of the built model (default 2)")
+    b.add_argument("--no-quantize", action="store_true", help="keep the built model in float32 (LoRA, not QLoRA)")
+    b.add_argument("--iters", type=int, default=40)
+    b.add_argument("--batch-size", type=int, default=4)
+    b.add_argument("--rank", type=int, default=8)
+    b.add_argument("--repeats", type=int, default=2, help="alternating raw/ours rounds (default 2)")
+    b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    b.set_defaults(func=cmd_bench_train)
+
+
+def synthetic_gsm8k(n: int = 64) -> list[dict]:
+    """GSM8K-schema rows (question, answer with <<a=b>> and '#### N'): offline, any length."""
+    rows = []
+    for i in range(n):
+        a, b, c = 3 + i, 7 + 2 * i, 2 + i % 5
+        rows.append({"question": f"Tom has {a} boxes with {b} pencils each. He gives away {c} boxes. "
+                                 f"How many pencils does he keep?",
+                     "answer": f"He keeps {a} - {c} = <<{a}-{c}={a - c}>>{a - c} boxes.\n"
+                               f"That is {a - c} * {b} = <<{a - c}*{b}={(a - c) * b}>>{(a - c) * b} pencils.\n"
+                               f"#### {(a - c) * b}"})
+    return rows
+
+
+def build_model(root: Path, hidden: int, layers: int, quantize: bool) -> Path:
+    from app.tiny import build_tiny_model
+
+    hf = build_tiny_model(root / "model-hf", "qwen2", seed=1, hidden=hidden, layers=layers)
+    if not quantize:
+        return hf
+    out = root / "model-4bit"
+    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(hf), "--mlx-path", str(out),
+                    "-q", "--q-bits", "4", "--q-group-size", "64"], check=True, capture_output=True)
+    return out
+
+
+def write_data(root: Path, rows: list[dict], model: Path, config) -> tuple[Path, Path, int]:
+    """The GSM8K file for `loradesk train`, and the same prepared chats as mlx-lm's {train,valid}.jsonl."""
+    from app.tasks import get_task
+    from training.data import TokenCounter, prepare
+
+    src = root / "gsm8k"
+    src.mkdir()
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = prepare(config.replace(data=(str(src),)),
+                       TokenCounter(tokenizer_json=model / "tokenizer.json"))
+    task = get_task("math")
+    raw = root / "raw-data"
+    raw.mkdir()
+    for name, part in (("train", prepared.train), ("valid", prepared.valid)):
+        (raw / f"{name}.jsonl").write_text("".join(json.dumps({"messages": e.messages(task)}) + "\n" for e in part))
+    return src, raw, len(prepared.train)
+
+
+def window_means(points: list[tuple[int, float]]) -> float:
+    """Mean of per-window tokens/s after the first window; points are (last step, tokens/s)."""
+    later = [tps for step, tps in points if step > WINDOW]
+    if not later:
+        raise RuntimeError("the run was too short to measure (needs more than one 10-step window)")
+    return statistics.fmean(later)
+
+
+def run_raw(model: Path, data: Path, out: Path, a) -> tuple[float, float, float]:
+    cfg = out.with_suffix(".yaml")
+    cfg.write_text(f"lora_parameters: {{rank: {a.rank}, scale: 2.0, dropout: 0.0}}\n")
+    cmd = [sys.executable, "-m", "mlx_lm", "lora", "--train", "--model", str(model), "--data", str(data),
+           "--iters", str(a.iters), "--batch-size", str(a.batch_size), "--num-layers", "-1",
+           "--learning-rate", "1e-4", "--mask-prompt", "--steps-per-report", str(WINDOW),
+           "--steps-per-eval", str(10 * a.iters), "--val-batches", "1", "--save-every", str(10 * a.iters),
+           "--max-seq-length", "512", "--seed", "0", "--adapter-path", str(out), "-c", str(cfg)]
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - tic
+    if proc.returncode:
+        raise RuntimeError(f"mlx_lm lora failed:\n{proc.stderr[-2000:]}")
+    points, loss = [], None
+    for line in _ANSI.sub("", proc.stdout).splitlines():
+        m = _RAW_LINE.match(line)
+        if m:
+            points.append((int(m.group(1)), float(m.group(3).replace(",", ""))))
+            loss = float(m.group(2))
+    return window_means(points), wall, loss
+
+
+def run_ours(model: Path, data: Path, home: Path, a) -> tuple[float, float, float]:
+    cmd = [sys.executable, "-m", "app.cli", "train", "--task", "math", "--engine", "mlx", "--model", str(model),
+           "--data", str(data), "--iters", str(a.iters), "--batch-size", str(a.batch_size), "--rank", str(a.rank),
+           "--alpha", str(2.0 * a.rank), "--dropout", "0", "--learning-rate", "1e-4", "--num-layers", "-1",
+           "--eval-every", str(10 * a.iters), "--save-every", str(10 * a.iters), "--max-seq-length", "512",
+           "--seed", "0", "--valid-fraction", str(VALID), "--test-fraction", "0", "--no-register"]
+    env = {**os.environ, "LORADESK_HOME": str(home)}
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - tic
+    if proc.returncode:
+        raise RuntimeError(f"loradesk train failed:\n{proc.stderr[-2000:]}")
+    meta = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "loradesk.json").read_text())
+    tokens = secs = 0.0
+    points = []
+    for step, n, s in meta["throughput_curve"]:
+        tokens, secs = tokens + n, secs + s
+        if step % WINDOW == 0:
+            points.append((step, tokens / secs))
+            tokens = secs = 0.0
+    return window_means(points), wall, meta["final_train_loss"]
+
+
+def cmd_bench_train(args) -> int:
+    from training.config import TrainConfig
+
+    with tempfile.TemporaryDirectory(prefix="loradesk-bench-train-") as tmp:
+        root = Path(tmp)
+        model = Path(args.model) if args.model else build_model(root, args.hidden, args.layers, not args.no_quantize)
+        # every mlx-lm default target for Qwen2 (all linear layers of each block), as raw mlx-lm trains
+        config = TrainConfig.for_task("math", max_seq_length=512, valid_fraction=VALID, test_fraction=0.0)
+        src, raw_data, n_train = write_data(root, synthetic_gsm8k(), model, config)
+        rounds = []
+        for r in range(args.repeats):
+            raw_tps, raw_wall, raw_loss = run_raw(model, raw_data, root / f"raw-{r}", args)
+            ours_tps, ours_wall, ours_loss = run_ours(model, src, root / f"home-{r}", args)
+            rounds.append({"raw_tokens_per_s": raw_tps, "loradesk_tokens_per_s": ours_tps,
+                           "ratio": ours_tps / raw_tps, "raw_wall_s": raw_wall, "loradesk_wall_s": ours_wall,
+                           "raw_final_loss": raw_loss, "loradesk_final_loss": ours_loss})
+            if not args.json:
+                print(f"round {r + 1}: raw mlx_lm lora {raw_tps:,.1f} tok/s, loradesk train {ours_tps:,.1f} tok/s "
+                      f"-> ratio {ours_tps / raw_tps:.3f} (final loss {raw_loss:.3f} vs {ours_loss:.3f}; wall "
+                      f"{raw_wall:.1f}s vs {ours_wall:.1f}s incl. start-up)", flush=True)
+        ratio = statistics.median(r["ratio"] for r in rounds)
+        result = {"model": str(args.model or f"random qwen2 hidden {args.hidden} x {args.layers} layers"
+                                            f"{'' if args.no_quantize else ', 4-bit'}"),
+                  "iters": args.iters, "batch_size": args.batch_size, "rank": args.rank, "train_examples": n_train,
+                  "rounds": rounds, "train_tokens_per_s_ratio": ratio, "target": TARGET}
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"training tokens/s, loradesk train / raw mlx_lm lora: {ratio:.3f} (median of {len(rounds)}; "
+                  f"target >= {TARGET}) {'OK' if ratio >= TARGET else 'BELOW TARGET'}")
+    return 0

@@ -45,6 +45,7 @@ class Progress:
     callback: Callback | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    throughput: list[tuple[int, int, float]] = field(default_factory=list)  # (step, tokens, seconds) per report
     trained_tokens: int = 0
     train_seconds: float = 0.0
     steady_tokens: int = 0
@@ -68,6 +69,7 @@ class Progress:
               learning_rate: float | None = None, peak_memory_gb: float | None = None) -> None:
         """`steps` optimizer steps up to `step` took `seconds` (validation excluded), `tokens` trained."""
         self.losses.append((step, float(loss)))
+        self.throughput.append((step, int(tokens), round(seconds, 6)))
         self.trained_tokens += int(tokens)
         self.train_seconds += seconds
         if step - steps >= self.start_step + WARMUP_STEPS:
@@ -97,6 +99,7 @@ class Progress:
         """Continue the history saved in a checkpoint (a resumed run reports the whole curve)."""
         self.losses = [tuple(x) for x in summary.get("loss_curve", [])]
         self.val_losses = [tuple(x) for x in summary.get("val_loss_curve", [])]
+        self.throughput = [tuple(x) for x in summary.get("throughput_curve", [])]
         self.trained_tokens = summary.get("trained_tokens", 0)
         self.train_seconds = summary.get("train_seconds", 0.0)
         self.steady_tokens = summary.get("steady_tokens", 0)
@@ -123,6 +126,7 @@ class Progress:
             "peak_memory_gb": self.peak_memory_gb,
             "loss_curve": [[s, round(v, 5)] for s, v in self.losses],
             "val_loss_curve": [[s, round(v, 5)] for s, v in self.val_losses],
+            "throughput_curve": [list(t) for t in self.throughput],
         }
 
 

@@ -24,6 +24,8 @@ def _data_args(p):
     p.add_argument("--mix", action="append", default=[], metavar="DATASET_ID=WEIGHT",
                    help="mixing weight of a source (default: the task record's)")
     p.add_argument("--max-examples", type=int, help="cap on the mixed training set")
+    p.add_argument("--valid-fraction", type=float, help="share of each source held out for validation (0.05)")
+    p.add_argument("--test-fraction", type=float, help="share of each source held out as a test split (0.05)")
 
 
 def register(sub, common):
@@ -84,6 +86,7 @@ def config_from_args(args):
     return TrainConfig.for_task(
         args.task, model=args.model, engine=args.engine, data=tuple(args.data), mix=_mix(args.mix),
         max_examples=args.max_examples, max_seq_length=args.max_seq_length, seed=args.seed,
+        valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
         iters=getattr(args, "iters", None), epochs=getattr(args, "epochs", None),
         rank=getattr(args, "rank", None), alpha=getattr(args, "alpha", None), dropout=getattr(args, "dropout", None),
         num_layers=getattr(args, "num_layers", None),
@@ -100,18 +103,22 @@ def config_from_args(args):
 def run_interruptible(fn, cancel: threading.Event):
     """Run fn() in a worker thread; the first Ctrl-C sets `cancel`, a second one aborts."""
     result: dict = {}
+    done = threading.Event()
 
     def work():
         try:
             result["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             result["error"] = e
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name="train", daemon=True)
-    worker.start()
-    while worker.is_alive():
+    threading.Thread(target=work, name="train", daemon=True).start()
+    # An Event, not Thread.join: a join interrupted by Ctrl-C can report the thread dead while it
+    # still runs (CPython gh-90882).
+    while not done.is_set():
         try:
-            worker.join(0.2)
+            done.wait(0.2)
         except KeyboardInterrupt:
             if cancel.is_set():
                 raise
