@@ -24,7 +24,7 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     win.tabs.setCurrentWidget(panel)
     panel.task_combo.setCurrentIndex(panel.task_combo.findData("math"))
     panel.files.addItem(str(GSM8K))
-    panel.iters.setValue(8)
+    panel.iters.setValue(6)
     panel.batch.setValue(2)
     panel.rank.setValue(4)
     panel.seq.setValue(512)
@@ -35,13 +35,13 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     assert panel.build_config().mix["allenai/math_qa"] == 0.0
 
     # Cancel once training is under way: a checkpoint is kept and Resume is offered.
-    panel.report.connect(lambda d: panel.cancel() if d.get("phase") == "train" and d.get("step", 0) >= 3 else None)
+    panel.report.connect(lambda d: panel.cancel() if d.get("phase") == "train" and d.get("step", 0) >= 2 else None)
     w = panel.start()
     qtbot.waitUntil(lambda: w.done.is_set(), timeout=120_000)
     qtbot.waitUntil(lambda: panel.start_btn.isEnabled(), timeout=5000)
     assert "cancelled" in panel.message.text() and panel.resume.isChecked()
     first = [d["step"] for d in panel.reports if d.get("phase") == "train"]
-    assert first and max(first) < 8
+    assert first and max(first) < 6
     assert len(panel.plot.series["train"]) == len(first)  # the curve drew every reported loss
     assert "math" not in engine.adapters
 
@@ -51,8 +51,8 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
         panel.start()  # resumes from the checkpoint
     task, folder = blocker.args
     resumed = [d["step"] for d in panel.reports if d.get("phase") == "train"]
-    assert task == "math" and resumed[0] > 1 and resumed[-1] == 8  # continued, did not start over
-    assert panel.progress.value() == 8 and "loss" in panel.progress_label.text()
+    assert task == "math" and resumed[0] > 1 and resumed[-1] == 6  # continued, did not start over
+    assert panel.progress.value() == 6 and "loss" in panel.progress_label.text()
     losses = [loss for _, loss in panel.plot.series["train"]]
     assert len(losses) == len(resumed)
 
