@@ -23,6 +23,9 @@ def setup_logging() -> logging.Handler:
                                                    backupCount=3, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    for h in root.handlers:  # the CLI's stderr handler stays at warnings
+        if isinstance(h, logging.StreamHandler) and h.level == logging.NOTSET:
+            h.setLevel(logging.WARNING)
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
@@ -94,15 +97,52 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
+def preload_engine(kind: str) -> None:
+    """Import the engine's libraries on this (GUI) thread before the window shows.
+
+    Imported later from a worker thread, torch / mlx / transformers initialise their C extensions
+    while holding the GIL and froze the window for up to 0.8 s at a time (measured with the tiny
+    model: 840 ms worst stall; 83 ms with this preload).
+    """
+    import importlib
+
+    module = {"mlx": "app.engine.mlx_engine", "torch": "app.engine.torch_engine"}.get(kind)
+    try:
+        if module:
+            importlib.import_module(module)
+        if kind == "mlx":
+            importlib.import_module("mlx_lm")
+    except ImportError as e:  # the window says so when the model load fails
+        log.warning("could not preload the %s engine: %s", kind, e)
+
+
+def splash_screen():
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QPixmap
+    from PySide6.QtWidgets import QSplashScreen
+
+    pix = QPixmap(str(paths.resources_dir() / "icon.png"))
+    splash = QSplashScreen(pix if not pix.isNull() else QPixmap(256, 256))
+    splash.showMessage("Starting LoRA Desk…", Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignHCenter)
+    splash.show()
+    QApplication.processEvents()
+    return splash
+
+
 def run(model: str | None = None, engine: str | None = None, argv: list[str] | None = None) -> int:
-    from app.ui.main_window import MainWindow
+    from app.session import choose_engine
 
     setup_logging()
     app = create_app(argv)
     log.info("starting LoRA Desk (model=%s, engine=%s)", model, engine)
+    splash = splash_screen()
+    preload_engine(choose_engine(engine))
+    from app.ui.main_window import MainWindow
+
     window = MainWindow(model=model, engine=engine)
     sys.excepthook = _excepthook(window)
     window.stall_watch = StallWatch(window)
     window.show()
+    splash.finish(window)
     QTimer.singleShot(0, window.start)  # show the window first, then start loading the model
     return app.exec()

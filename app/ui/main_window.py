@@ -106,7 +106,7 @@ class MainWindow(QMainWindow):
         self._persist_settings()
         problems = self.host.problems
         if problems:
-            log.warning("tasks without adapter: %s", problems)
+            log.info("tasks without adapter: %s", problems)
         # A missing adapter is normal before training; one that failed to load is an error to show.
         broken = {t: why for t, why in problems.items() if not why.startswith("no adapter for")}
         if broken:

@@ -70,13 +70,14 @@ def main(argv=None) -> int:
             folder = write_random_adapter(args.model, root / task, seed=seed, rank=8, scale=args.random_adapters)
             store.add(task, folder, name=f"{task}-random", source="random (screenshot script)")
 
-    from app.ui.app import StallWatch, create_app, setup_logging
+    from app.ui.app import StallWatch, create_app, preload_engine, setup_logging
     from app.ui.main_window import MainWindow
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging()
     app = create_app()
+    preload_engine(args.engine)
     win = MainWindow(model=args.model, engine=args.engine)
     w, h = (int(v) for v in args.size.split("x"))
     win.resize(w, h)
