@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from app.engine.adapter_format import read_adapter, write_peft
-from app.engine.torch_engine import pick_device, pick_dtype
+from app.engine.torch_engine import pick_device, pick_dtype, upcast_adapters
 
 
 def _ms(t0: int) -> float:
@@ -71,7 +71,7 @@ def reference(model_path: Path, adapter_folders: dict[str, Path], prompt: str, m
     with tempfile.TemporaryDirectory(prefix="loradesk-bench-") as tmp:
         folders = _as_peft(dict(adapter_folders), Path(tmp))
         names = list(folders)
-        kw = dict(is_trainable=False, autocast_adapter_dtype=False)
+        kw = dict(is_trainable=False, autocast_adapter_dtype=upcast_adapters(device))  # as the engine
         t0 = time.perf_counter_ns()
         model = PeftModel.from_pretrained(base, str(folders[names[0]]), adapter_name=names[0], **kw)
         loads = [_ms(t0)]

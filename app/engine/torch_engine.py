@@ -53,6 +53,13 @@ def pick_dtype(config: dict, device: str) -> torch.dtype:
     return torch.bfloat16
 
 
+def upcast_adapters(device: str) -> bool:
+    """Keep LoRA weights in float32 on CPU (PEFT's default upcast): rank-16 bf16 matmuls are slow
+    there (168 LoRA pairs of a 0.5B model: 12.5 ms/token in bf16, 4.1 in fp32, vs 66 ms for the
+    base projections; one thread). On GPUs they stay in the model's dtype."""
+    return device == "cpu"
+
+
 class SharedActive:
     """The one piece of state a switch changes, read by every PEFT LoRA layer of the model."""
 
@@ -253,8 +260,7 @@ class TorchEngine(Engine):
     def _peft_load(self, name: str, folder: Path) -> None:
         from peft import PeftModel
 
-        # Adapters keep the model's dtype (PEFT would upcast bf16 ones to fp32: slower, no better).
-        kw = dict(adapter_name=name, is_trainable=False, autocast_adapter_dtype=False)
+        kw = dict(adapter_name=name, is_trainable=False, autocast_adapter_dtype=upcast_adapters(self.device_name))
         if self.peft_model is None:
             self.peft_model = PeftModel.from_pretrained(self.model, str(folder), **kw)
         else:
