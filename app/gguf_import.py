@@ -73,7 +73,11 @@ def _field(reader, key: str):
     field = reader.fields.get(key)
     if field is None:
         return None
-    value = field.contents()
+    if hasattr(field, "contents"):  # gguf >= 0.11
+        value = field.contents()
+    else:
+        raw = field.parts[field.data[0]]
+        value = bytes(raw).decode("utf-8") if field.types and field.types[0].name == "STRING" else raw[0]
     return value.strip() if isinstance(value, str) else value
 
 
