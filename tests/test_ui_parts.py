@@ -217,3 +217,11 @@ def test_bench_panel_runs_a_tiny_benchmark_to_its_table(qtbot, tiny_qwen, tiny_a
     assert (dest / "results.jsonl").exists() and "Exported" in panel.message.text()
     assert panel.chart.categories == ["humaneval"]
     win.close()
+
+
+def test_installed_pyside_keeps_signal_refcounts():
+    """PySide6 6.12.0 lost a reference to True per emit: a streamed answer then aborted the process
+    on Python 3.11. The pinned version must not."""
+    from app.ui.app import signal_emit_leak
+
+    assert signal_emit_leak(500) == 0

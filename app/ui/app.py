@@ -97,6 +97,30 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
+def signal_emit_leak(n: int = 200) -> int:
+    """References to True lost per `n` Python-side Signal.emit() calls (0 on a sound PySide6).
+
+    PySide6 6.12.0 loses one per emit; on Python < 3.12 that frees True after a few thousand
+    streamed tokens and the process aborts ("deallocating True or False").
+    """
+    from PySide6.QtCore import Signal
+
+    class _Probe(QObject):
+        ping = Signal()
+
+    probe = _Probe()
+    before = sys.getrefcount(True)
+    for _ in range(n):
+        probe.ping.emit()
+    lost = before - sys.getrefcount(True)
+    if lost > 0 and sys.version_info < (3, 12):  # give back what the probe took
+        import ctypes
+
+        for _ in range(lost):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(True))
+    return lost
+
+
 def preload_engine(kind: str) -> None:
     """Import the engine's libraries on this (GUI) thread before the window shows.
 
@@ -142,6 +166,12 @@ def run(model: str | None = None, engine: str | None = None, argv: list[str] | N
     window = MainWindow(model=model, engine=engine)
     sys.excepthook = _excepthook(window)
     window.stall_watch = StallWatch(window)
+    if signal_emit_leak() > 0 and sys.version_info < (3, 12):
+        import PySide6
+
+        window.show_error(f"This PySide6 ({PySide6.__version__}) loses a reference on every signal and the app will "
+                          "crash after a while on this Python; install another version: "
+                          "pip install 'PySide6-Essentials!=6.12.0'")
     window.show()
     splash.finish(window)
     QTimer.singleShot(0, window.start)  # show the window first, then start loading the model
