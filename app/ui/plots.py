@@ -142,7 +142,7 @@ class BarChart(QWidget):
             p.setPen(QColor("#6b7280"))
             p.drawText(plot, Qt.AlignmentFlag.AlignCenter, "Scores appear here when a run finishes.")
             return
-        yt = nice_ticks(0, max(vals) or 1.0)
+        yt = nice_ticks(0, (max(vals) or 1.0) * 1.08)  # headroom for the value labels
         top = yt[-1]
         for y in yt:
             yy = plot.bottom() - y / top * plot.height()
@@ -152,9 +152,9 @@ class BarChart(QWidget):
             p.drawText(QRectF(0, yy - 8, 40, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, _fmt(y))
         n_series = len(self.series)
         group_w = plot.width() / len(self.categories)
-        bar_w = group_w * 0.8 / max(1, n_series)
+        bar_w = min(group_w * 0.8 / max(1, n_series), 90.0)  # a lone task does not get wall-wide bars
         for ci, cat in enumerate(self.categories):
-            gx = plot.left() + ci * group_w + group_w * 0.1
+            gx = plot.left() + ci * group_w + (group_w - bar_w * n_series) / 2  # centred in its group
             for si, (name, s) in enumerate(self.series.items()):
                 v = s[ci] if ci < len(s) else None
                 if v is None:
