@@ -214,6 +214,9 @@ def test_mixing_follows_the_weights():
     assert {e.source for e in only.train} == {"openai/gsm8k"}
     capped = prep("math", "gsm8k/main", "math_qa", max_examples=4)
     assert len(capped.train) == 4
+    first = prep("math", "gsm8k/main", max_source_rows=3)  # the first rows of each training file
+    assert first.report["sources"]["openai/gsm8k"]["rows"] == 3
+    assert first.report["eval_items"]["checked"]["openai/gsm8k:test"] == 3  # evaluation items are never capped
 
 
 def test_hub_loading_offline_says_what_to_do():

@@ -29,11 +29,16 @@ __all__ = ["train", "resume", "TrainingCancelled", "TrainConfig", "make_trainer"
 
 def make_trainer(engine: str, config: TrainConfig, model_path: Path):
     if engine == "mlx":
+        import importlib
+
         try:
-            from training.mlx_trainer import MLXTrainer
+            from app.engine import mlx_thread
+
+            # imported on the MLX thread: mlx-lm's modules may create arrays as they load
+            module = mlx_thread.call(importlib.import_module, "training.mlx_trainer")
         except ImportError as e:
             raise EngineError(f"MLX training needs mlx and mlx-lm ({e}); use --engine torch") from None
-        return MLXTrainer(config, model_path)
+        return module.MLXTrainer(config, model_path)
     try:
         from training.torch_trainer import TorchTrainer
     except ImportError as e:
@@ -150,15 +155,20 @@ def _fit(config, engine, ref, model_path, trainer, prepared, run, total, start, 
     try:
         trainer.fit(task_msgs["train"], task_msgs["valid"], total, start, run, progress, cancel)
     except TrainingCancelled as e:
+        trainer.close()
         run.update(status="cancelled", step=e.step)
         progress.event(e.step, "cancelled", f"stopped at step {e.step}/{total}; continue with: "
                                             f"loradesk train --task {config.task} --resume")
         raise
     except BaseException as e:
+        trainer.close()
         run.update(status="failed", error=f"{type(e).__name__}: {e}")
         raise
     wall = time.perf_counter() - wall
-    folder = _export(config, engine, ref, model_path, trainer, prepared, run, total, progress, wall)
+    try:
+        folder = _export(config, engine, ref, model_path, trainer, prepared, run, total, progress, wall)
+    finally:
+        trainer.close()
     run.update(status="done", step=total, adapter=str(folder))
     run.clear_checkpoints()
     summary = progress.summary()

@@ -50,6 +50,7 @@ def register(sub, common):
     t.add_argument("--eval-every", type=int, help="validation every N steps (default 100)")
     t.add_argument("--dora", action="store_true", help="DoRA instead of LoRA (not hot-swappable)")
     t.add_argument("--grad-checkpoint", action="store_true", help="less memory, more compute")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy CPU)")
     t.add_argument("--name", help="adapter name in the store (default: TASK-DATE-TIME)")
     t.add_argument("--no-register", action="store_true", help="keep the adapter in the run folder only")
     t.set_defaults(func=cmd_train)
@@ -96,6 +97,7 @@ def config_from_args(args):
         save_every=getattr(args, "save_every", None), eval_every=getattr(args, "eval_every", None),
         fine_tune_type="dora" if getattr(args, "dora", False) else None,
         grad_checkpoint=getattr(args, "grad_checkpoint", False) or None, name=getattr(args, "name", None),
+        threads=getattr(args, "threads", None),
         register=False if getattr(args, "no_register", False) else None,
     )
 

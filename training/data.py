@@ -97,14 +97,16 @@ def _spec_for(rows: Rows, task: Task, pinned: str | None) -> DatasetSpec:
     return best
 
 
-def gather_sources(task: Task, data: tuple[str, ...]) -> tuple[dict[str, list[Rows]], dict[str, list[Rows]], list[Rows]]:
-    """(train rows per dataset id, eval rows per dataset id, other eval files e.g. hellaswag)."""
+def gather_sources(task: Task, data: tuple[str, ...], max_rows: int | None = None
+                   ) -> tuple[dict[str, list[Rows]], dict[str, list[Rows]], list[Rows]]:
+    """(train rows per dataset id, eval rows per dataset id, other eval files e.g. hellaswag).
+    Training rows are capped at `max_rows` per file; evaluation rows never are."""
     train: dict[str, list[Rows]] = {}
     evals: dict[str, list[Rows]] = {}
     extra: list[Rows] = []
     if not data:
         for spec in task.datasets:
-            train[spec.id] = [load_hub(spec.id, spec.config, spec.train_split)]
+            train[spec.id] = [load_hub(spec.id, spec.config, spec.train_split, max_rows)]
             if spec.eval_split:
                 try:
                     evals[spec.id] = [load_hub(spec.id, spec.config, spec.eval_split)]
@@ -119,6 +121,8 @@ def gather_sources(task: Task, data: tuple[str, ...]) -> tuple[dict[str, list[Ro
                 continue
             spec = _spec_for(rows, task, pinned or None)
             held_out = spec.eval_split and rows.split == ("test" if spec.eval_split.startswith("test") else spec.eval_split)
+            if not held_out and max_rows:
+                rows.rows = rows.rows[:max_rows]
             (evals if held_out else train).setdefault(spec.id, []).append(rows)
     if not train:
         raise DataError(f"no training rows in {', '.join(data)} (only evaluation splits were found)")
@@ -226,7 +230,7 @@ def prepare(config, counter: TokenCounter | None = None) -> Prepared:
     """Run the whole pipeline for `config` (a TrainConfig)."""
     task = get_task(config.task)
     counter = counter or TokenCounter()
-    train_rows, eval_rows, extra = gather_sources(task, config.data)
+    train_rows, eval_rows, extra = gather_sources(task, config.data, config.max_source_rows)
     items = eval_items(task, eval_rows, extra, use_hub=not config.data)
     report: dict = {"sources": {}, "max_seq_length": config.max_seq_length,
                     "token_counts": "exact" if counter.exact else "estimated"}

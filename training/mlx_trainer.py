@@ -190,6 +190,20 @@ class MLXTrainer:
     def peak_memory_gb(self) -> float:
         return mlx_thread.call(lambda: mx.get_peak_memory() / 1e9)
 
+    def close(self) -> None:
+        """Free the model on the MLX thread: arrays (and mlx-lm's compiled step) released later by the
+        main thread at interpreter exit can abort the process (see app/engine/mlx_thread.py)."""
+
+        def run():
+            import gc
+
+            self.model = None
+            gc.collect()
+            mx.synchronize()
+            mx.clear_cache()
+
+        mlx_thread.call(run)
+
 
 class _Callback(tuner.TrainingCallback):
     """mlx-lm reports here after evaluated steps: progress, then checkpoint and cancel."""

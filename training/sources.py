@@ -114,14 +114,15 @@ def read_path(path: str | Path) -> list[Rows]:
     return [read_file(path)]
 
 
-def load_hub(dataset_id: str, config: str | None, split: str) -> Rows:
-    """One split of a hub dataset via `datasets` (cached after the first download)."""
+def load_hub(dataset_id: str, config: str | None, split: str, max_rows: int | None = None) -> Rows:
+    """One split of a hub dataset via `datasets` (cached after the first download); the first
+    `max_rows` rows when given."""
     try:
         import datasets
     except ImportError:
         raise DataError("the `datasets` package is not installed; pass local files with --data") from None
     try:
-        ds = datasets.load_dataset(dataset_id, config, split=split)
+        ds = datasets.load_dataset(dataset_id, config, split=f"{split}[:{max_rows}]" if max_rows else split)
     except Exception as e:  # offline: ConnectionError / DatasetNotFoundError / ValueError
         raise DataError(
             f"cannot load {dataset_id}{f' ({config})' if config else ''} split {split!r} from the hub "

@@ -81,6 +81,8 @@ class TorchTrainer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         c = self.config
+        if c.threads:
+            torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         # float32 on CPU: bf16 matmuls are slow on most CPUs and fp32 keeps small-batch training stable
@@ -205,3 +207,6 @@ class TorchTrainer:
 
     def peak_memory_gb(self) -> float:
         return peak_memory_gb()
+
+    def close(self) -> None:
+        self.model = None
