@@ -251,3 +251,15 @@ def test_bench_reads_mlx_lm_reports():
     assert window_means([(10, 50.0), (20, 100.0), (30, 110.0)]) == 105.0  # the first window is compile time
     with pytest.raises(RuntimeError, match="too short"):
         window_means([(10, 50.0)])
+
+
+def test_dora_trains_but_is_kept_out_of_the_store(tiny_qwen, memo_data):
+    from app.engine.base import AdapterError
+
+    reports: list = []
+    folder = api.train(config(tiny_qwen, "mlx", memo_data, iters=3, fine_tune_type="dora"), callback=reports.append)
+    assert json.loads((folder / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
+    assert store.current("math") is None and folder.parent.parent.name == "math"  # in the run folder
+    assert any(r.phase == "note" and "DoRA adapters cannot be hot-swapped" in r.message for r in reports)
+    with pytest.raises(AdapterError, match="cannot be hot-swapped"):
+        read_adapter(folder)
