@@ -80,6 +80,9 @@ def test_math_view_renders_annotations_readably(qtbot):
     assert "«" not in html and "»" not in html
     assert html.count(">&nbsp;24&nbsp;") == 1  # the result is shown once, marked
     assert "48+24 is 72" in html and "Answer: 75" in html
+    html, _, _ = render_html("Half: \\( \\frac{48}{2} \\), total \\(\\boxed{72}\\).\n```python\nx = 1\ny = 2\n```")
+    assert "48/2" in html and "<b>72</b>" in html and "\\(" not in html
+    assert "<pre" in html and "x = 1\ny = 2</pre>" in html  # code lines kept
     view = MathView()
     qtbot.addWidget(view)
     view.set_answer("«2*3=6»6")

@@ -17,6 +17,22 @@ OK_STYLE = "background-color:#dcfce7; color:#14532d; border-radius:3px;"
 BAD_STYLE = "background-color:#fee2e2; color:#991b1b; font-weight:bold;"
 UNKNOWN_STYLE = "background-color:#f3f4f6; color:#374151;"
 _FINAL = re.compile(r"^####\s*(.+)$", re.M)
+_FENCE = re.compile(r"```[\w-]*\n(.*?)(?:```|\Z)", re.S)
+# Light LaTeX that small models write in math answers, shown as plain text.
+_LATEX = [
+    (re.compile(r"\\boxed\{([^{}]*)\}"), r"<b>\1</b>"),
+    (re.compile(r"\\frac\{([^{}]*)\}\{([^{}]*)\}"), r"\1/\2"),
+    (re.compile(r"\\(?:times)\b"), "×"),
+    (re.compile(r"\\(?:cdot)\b"), "·"),
+    (re.compile(r"\\text\{([^{}]*)\}"), r"\1"),
+    (re.compile(r"\\[()\[\]]"), ""),
+]
+
+
+def _latex(segment: str) -> str:
+    for pattern, repl in _LATEX:
+        segment = pattern.sub(repl, segment)
+    return segment
 
 
 def _badge(a: Annotation) -> str:
@@ -45,9 +61,11 @@ def render_html(text: str) -> tuple[str, int, int]:
             pos += len(claimed)
         parts.append(_badge(a))
     parts.append(html.escape(text[pos:]))
-    body = "".join(parts)
-    body = _FINAL.sub(lambda m: f'<b style="font-size:larger;">Answer: {m.group(1)}</b>', body)
-    body = body.replace("\n", "<br>")
+    body = _FINAL.sub(lambda m: f'<b style="font-size:larger;">Answer: {m.group(1)}</b>', "".join(parts))
+    # Fenced blocks (a model may show its working as code) keep their lines, in monospace.
+    chunks = _FENCE.split(body)
+    body = "".join(f'<pre style="background:#f3f4f6;">{c.strip(chr(10))}</pre>' if i % 2 else
+                   _latex(c).replace("\n", "<br>") for i, c in enumerate(chunks))
     checked = sum(1 for a in notes if a.ok is not None)
     wrong = sum(1 for a in notes if a.ok is False)
     return body, checked, wrong
