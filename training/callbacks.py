@@ -45,7 +45,8 @@ class Progress:
     callback: Callback | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
-    throughput: list[tuple[int, int, float]] = field(default_factory=list)  # (step, tokens, seconds) per report
+    # per report: (step, tokens, step seconds without validation, wall seconds since this session began)
+    throughput: list[tuple[int, int, float, float]] = field(default_factory=list)
     trained_tokens: int = 0
     train_seconds: float = 0.0
     steady_tokens: int = 0
@@ -69,7 +70,7 @@ class Progress:
               learning_rate: float | None = None, peak_memory_gb: float | None = None) -> None:
         """`steps` optimizer steps up to `step` took `seconds` (validation excluded), `tokens` trained."""
         self.losses.append((step, float(loss)))
-        self.throughput.append((step, int(tokens), round(seconds, 6)))
+        self.throughput.append((step, int(tokens), round(seconds, 6), round(time.perf_counter() - self._t0, 4)))
         self.trained_tokens += int(tokens)
         self.train_seconds += seconds
         if step - steps >= self.start_step + WARMUP_STEPS:
