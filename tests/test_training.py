@@ -263,3 +263,14 @@ def test_dora_trains_but_is_kept_out_of_the_store(tiny_qwen, memo_data):
     assert any(r.phase == "note" and "DoRA adapters cannot be hot-swapped" in r.message for r in reports)
     with pytest.raises(AdapterError, match="cannot be hot-swapped"):
         read_adapter(folder)
+
+
+@pytest.mark.parametrize("engine", ["mlx", "torch"])
+def test_gradient_checkpointing_gives_the_same_losses(engine, tiny_qwen, memo_data):
+    runs = []
+    for checkpointing in (False, True):
+        reports: list = []
+        api.train(config(tiny_qwen, engine, memo_data, iters=4, grad_checkpoint=checkpointing,
+                         name=f"gc-{engine}-{checkpointing}", register=False), callback=reports.append)
+        runs.append(train_losses(reports))
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4)  # recomputation, not another model
