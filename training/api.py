@@ -22,7 +22,7 @@ from app.engine.base import EngineError
 from training.callbacks import Callback, Progress
 from training.checkpoints import RunDir, TrainingCancelled, new_run, resumable_runs
 from training.config import TrainConfig
-from training.data import Prepared, TokenCounter, prepare
+from training.data import Prepared, TokenCounter, check_paths, prepare
 
 __all__ = ["train", "resume", "TrainingCancelled", "TrainConfig", "make_trainer"]
 
@@ -89,6 +89,7 @@ def train(config: TrainConfig, callback: Callback | None = None, cancel=None) ->
     if config.resume:
         run_path = None if config.resume is True else Path(str(config.resume))
         return resume(config.task, run_path, callback=callback, cancel=cancel)
+    check_paths(config.data)
     engine, ref, model_path = _resolve(config)
     trainer = make_trainer(engine, config, model_path)
     progress = Progress(total=config.iters or 0, callback=callback)

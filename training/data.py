@@ -97,6 +97,22 @@ def _spec_for(rows: Rows, task: Task, pinned: str | None) -> DatasetSpec:
     return best
 
 
+def _split_entry(entry: str) -> tuple[str | None, str]:
+    """'DATASET_ID=PATH' -> (id, path); a plain path -> (None, path)."""
+    if "=" in entry and not Path(entry).exists():
+        pinned, _, path = entry.partition("=")
+        return pinned, path
+    return None, entry
+
+
+def check_paths(data: tuple[str, ...]) -> None:
+    """Fail before any model is loaded when a --data path does not exist."""
+    for entry in data:
+        path = Path(_split_entry(entry)[1]).expanduser()
+        if not path.exists():
+            raise DataError(f"{path} does not exist")
+
+
 def gather_sources(task: Task, data: tuple[str, ...], max_rows: int | None = None
                    ) -> tuple[dict[str, list[Rows]], dict[str, list[Rows]], list[Rows]]:
     """(train rows per dataset id, eval rows per dataset id, other eval files e.g. hellaswag).
@@ -114,7 +130,7 @@ def gather_sources(task: Task, data: tuple[str, ...], max_rows: int | None = Non
                     pass  # reported as unavailable by eval_items
         return train, evals, extra
     for entry in data:
-        pinned, _, path = entry.partition("=") if "=" in entry and not Path(entry).exists() else (None, "", entry)
+        pinned, path = _split_entry(entry)
         for rows in read_path(path):
             if "hellaswag" in rows.origin.lower():
                 extra.append(rows)
