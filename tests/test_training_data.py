@@ -144,12 +144,12 @@ def test_too_long_examples_are_dropped_with_a_counted_warning(tmp_path, caplog):
     rows.append({"question": "Long question " + "with many words " * 300 + "?", "answer": "#### 1"})
     f = tmp_path / "gsm8k_train.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         p = prepare(TrainConfig.for_task("math", data=(str(f),), max_seq_length=256))
     assert p.report["sources"]["openai/gsm8k"]["too_long"] == 1
     msg = [w for w in p.warnings if "longer than max_seq_length" in w][0]
     assert msg.startswith("openai/gsm8k: 1 of 5 examples are longer than max_seq_length 256") and "row 5" in msg
-    assert any("longer than max_seq_length" in r.message for r in caplog.records)
+    assert any("longer than max_seq_length" in r.message for r in caplog.records)  # also in the log file
     assert all("Long question" not in e.text for e in p.pool)
 
 

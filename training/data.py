@@ -304,6 +304,6 @@ def prepare(config, counter: TokenCounter | None = None) -> Prepared:
     report.update(train=len(train), valid=len(valid), test=len(test), eval_items=items.summary(),
                   mix={k: round(n / len(train), 3) for k, n in taken.items()})
     for w in warnings:
-        log.warning(w)
+        log.info(w)  # callers show them (CLI notes, preview, GUI); logged for the log file
     pool = [e for k in splits for part in splits[k] for e in part]
     return Prepared(train, valid, test, report, warnings, pool)
