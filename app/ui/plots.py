@@ -142,7 +142,7 @@ class BarChart(QWidget):
             p.setPen(QColor("#6b7280"))
             p.drawText(plot, Qt.AlignmentFlag.AlignCenter, "Scores appear here when a run finishes.")
             return
-        yt = nice_ticks(0, (max(vals) or 1.0) * 1.08)  # headroom for the value labels
+        yt = nice_ticks(0, (max(vals) or 10.0) * 1.08)  # headroom for the value labels; all-zero: 0-10
         top = yt[-1]
         for y in yt:
             yy = plot.bottom() - y / top * plot.height()
