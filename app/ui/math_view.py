@@ -64,6 +64,9 @@ def render_html(text: str) -> tuple[str, int, int]:
     body = _FINAL.sub(lambda m: f'<b style="font-size:larger;">Answer: {m.group(1)}</b>', "".join(parts))
     # Fenced blocks (a model may show its working as code) keep their lines, in monospace.
     chunks = _FENCE.split(body)
+    last = len(chunks) - 1
+    chunks = [c if i % 2 else c[c.startswith("\n") and i > 0:len(c) - (c.endswith("\n") and i < last)]
+              for i, c in enumerate(chunks)]  # the <pre> block brings its own line breaks
     body = "".join(f'<pre style="background:#f3f4f6;">{c.strip(chr(10))}</pre>' if i % 2 else
                    _latex(c).replace("\n", "<br>") for i, c in enumerate(chunks))
     checked = sum(1 for a in notes if a.ok is not None)
