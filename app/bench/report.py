@@ -209,6 +209,7 @@ def charts(results: dict, out_dir: Path) -> list[Path]:
         for b, (_, v) in zip(bars, speeds):
             ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_ylabel("decode tokens/s")
+        ax.set_ylim(0, max(v for _, v in speeds) * 1.2)  # room for the value labels
         ax.set_title("decode speed (measured)")
         fig.tight_layout()
         p = out_dir / "chart_speed.png"
