@@ -2,7 +2,7 @@
 
 GSM8K answers write each calculation as `48/2 = «48/2=24»24`: the part in «» is the calculator
 call, the number after it is what the text goes on with. A small model can write a wrong result
-(«48/2=25»), so the app marks it. Qt-free: the app and the benchmark can both use it.
+(«48/2=25»), so the Math tab marks it and the benchmark counts it. Qt-free: the one checker for both.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import operator
 import re
 from dataclasses import dataclass
 
-# «expression=result»; the expression holds no '=' or guillemets.
-ANNOTATION = re.compile(r"«([^«»=]+)=([^«»]*)»")
+# «expression=result» as the task record writes them, <<expression=result>> as the GSM8K files do
+# (a model trained on raw GSM8K may echo those); the expression holds no '=' or brackets.
+ANNOTATION = re.compile(r"«([^«»=]+)=([^«»]*)»|<<([^<>=]+)=([^<>]*)>>")
 
 _BINARY = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -88,7 +89,7 @@ def check_annotations(text: str) -> list[Annotation]:
     """Every «a=b» in `text`, with whether b is the value of a."""
     found = []
     for m in ANNOTATION.finditer(text):
-        expr, claimed = m.group(1), m.group(2)
+        expr, claimed = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
         try:
             value = evaluate(expr)
         except ValueError:
@@ -100,6 +101,13 @@ def check_annotations(text: str) -> list[Annotation]:
             ok = False  # the result is not a number at all
         found.append(Annotation(m.start(), m.end(), expr, claimed, value, ok))
     return found
+
+
+def count_right(text: str) -> tuple[int, int]:
+    """(annotations whose result is right, all annotations) — the benchmark's tally. One whose left
+    side is not plain arithmetic is counted, as not right: a calculator could not have produced it."""
+    notes = check_annotations(text)
+    return sum(1 for a in notes if a.ok), len(notes)
 
 
 def format_value(value: float) -> str:

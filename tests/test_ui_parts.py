@@ -57,21 +57,7 @@ def test_worker_errors_become_signals(qtbot):
     assert isinstance(blocker.args[0], ValueError) and "x.jsonl" in str(blocker.args[0])
 
 
-# -- math annotations -------------------------------------------------------------------------------
-def test_annotation_checking():
-    from app.annotations import check_annotations, evaluate
-
-    notes = check_annotations("She sold 48/2 = «48/2=24»24 in May and «48+24=73»73 in all; «10/3=3.33»; "
-                              "«1,200*2=2,400»; «__import__('os')=1»")
-    assert [(n.expression, n.ok) for n in notes] == [
-        ("48/2", True), ("48+24", False), ("10/3", True), ("1,200*2", True), ("__import__('os')", None)]
-    assert notes[1].value == 72
-    with pytest.raises(ValueError):
-        evaluate("9**9**9")
-    with pytest.raises(ValueError):
-        evaluate("1/0")
-
-
+# -- math view (the checking itself: tests/test_annotations.py) ------------------------------------
 def test_math_view_renders_annotations_readably(qtbot):
     from app.ui.math_view import MathView, render_html
 

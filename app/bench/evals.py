@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.annotations import count_right
 from app.bench import metrics
 from app.tasks import DatasetSpec, GenerationSettings, get_task
 
@@ -197,7 +198,7 @@ class GSM8K(Eval):
     def run(self, engine, item, opts, cancel=None):
         out, stats = generate(engine, get_task(self.task).messages(item["question"]), self.settings(opts), cancel)
         pred = metrics.extract_answer(out)
-        right, total = metrics.check_annotations(out)
+        right, total = count_right(out)
         scores = {"exact_match": metrics.exact_match(pred, metrics.gsm8k_reference(item["answer"])),
                   "annotations_right": right, "annotations_total": total}
         return out, {**scores, "prediction": pred, "reference": metrics.gsm8k_reference(item["answer"])}, stats

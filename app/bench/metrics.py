@@ -1,14 +1,12 @@
 """Scoring functions of the quality benchmark, following lm-eval-harness and the usual libraries.
 
 All pure functions of strings and numbers (no model): GSM8K answer extraction and exact match,
-calculator-annotation checking, ROUGE (rouge-score, stemming on), BLEU/chrF (sacrebleu), and
-multiple-choice accuracy from log-likelihoods (acc, acc_norm).
+ROUGE (rouge-score, stemming on), BLEU/chrF (sacrebleu), and
+multiple-choice accuracy from log-likelihoods (acc, acc_norm). Calculator annotations «a=b» are
+checked by app/annotations.py, the same checker the Math tab uses.
 """
 from __future__ import annotations
 
-import ast
-import math
-import operator
 import re
 
 # -- GSM8K ---------------------------------------------------------------------------------------
@@ -49,47 +47,6 @@ def gsm8k_reference(answer: str) -> str:
 
 def exact_match(prediction: str | None, reference: str) -> float:
     return float(prediction is not None and normalize_number(prediction) == normalize_number(reference))
-
-
-# «a=b» as the task records write them; <<a=b>> as the GSM8K dataset does.
-_ANNOTATION = re.compile(r"(?:«|<<)([^«»<>=]+)=([^«»<>]+)(?:»|>>)")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-
-
-def _arith(node):
-    """Evaluate +-*/ //, %, ** and parentheses on numbers only (no names, no calls)."""
-    if isinstance(node, ast.Expression):
-        return _arith(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = _arith(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        left, right = _arith(node.left), _arith(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ValueError("exponent too large")
-        return _OPS[type(node.op)](left, right)
-    raise ValueError("not arithmetic")
-
-
-def _number(text: str) -> float:
-    return float(normalize_number(text).rstrip("%"))
-
-
-def check_annotations(text: str) -> tuple[int, int]:
-    """GSM8K calculator annotations «a=b» (or <<a=b>>) in `text`: (how many are arithmetically right, how many
-    there are). An annotation whose left side is not plain arithmetic counts as wrong."""
-    right = total = 0
-    for expr, result in _ANNOTATION.findall(text):
-        total += 1
-        try:
-            value = _arith(ast.parse(expr.replace(",", "").replace("$", "").strip(), mode="eval"))
-            right += math.isclose(float(value), _number(result), rel_tol=1e-4, abs_tol=1e-6)
-        except (ValueError, SyntaxError, ZeroDivisionError, OverflowError, TypeError):
-            pass
-    return right, total
 
 
 # -- multiple choice -----------------------------------------------------------------------------
