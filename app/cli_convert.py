@@ -6,10 +6,10 @@ They join the `models` and `adapters` groups that app/cli_core.py creates (it ca
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 def add_commands(models_sub, adapters_sub) -> None:
+    from app.engine.store import EXPORT_FORMATS
     from app.tasks import task_names
 
     ip = models_sub.add_parser("import", help="import a GGUF model file (llama.cpp) for both engines")
@@ -20,7 +20,7 @@ def add_commands(models_sub, adapters_sub) -> None:
 
     ep = adapters_sub.add_parser("export", help="write a task's adapter as a PEFT or MLX folder")
     ep.add_argument("task", choices=task_names())
-    ep.add_argument("--format", choices=("peft", "mlx"), required=True,
+    ep.add_argument("--format", choices=EXPORT_FORMATS, required=True,
                     help="peft: loads with PeftModel.from_pretrained (vLLM, LoRAX); mlx: mlx-lm")
     ep.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
     ep.add_argument("--base-model", help="base_model_name_or_path to record (default: the adapter's own)")
@@ -36,24 +36,7 @@ def cmd_models_import(args) -> int:
 
 
 def cmd_adapters_export(args) -> int:
-    from app.engine.adapter_format import read_adapter, write_mlx, write_peft
-    from app.engine.base import EngineError
-    from app.engine.store import adapter_folder
+    from app.engine.store import export
 
-    folder = adapter_folder(args.task)
-    if folder is None:
-        raise EngineError(f"task {args.task!r} has no adapter to export (add one: loradesk adapters add "
-                          f"{args.task} FOLDER)")
-    out = Path(args.out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EngineError(f"{out} already exists and is not an empty folder; choose a new --out")
-    weights = read_adapter(folder)
-    if args.format == "peft":
-        write_peft(weights, out, base_model_name=args.base_model)
-    else:
-        if args.base_model:
-            weights.base_model = args.base_model
-        write_mlx(weights, out)
-    print(f"wrote {args.task}'s {weights.format.upper()} adapter {folder.name!r} as a {args.format.upper()} "
-          f"folder: {out} (rank {weights.rank}, {len(weights.modules)} layers, base {weights.base_model or '?'})")
+    print(export(args.task, args.out, args.format, base_model=args.base_model))
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import paths
-from app.engine.adapter_format import _atomic_folder, detect_format, read_adapter
+from app.engine.adapter_format import _atomic_folder, detect_format, read_adapter, write_mlx, write_peft
 from app.engine.base import AdapterError, Engine, EngineError
 from app.tasks import get_task, task_names
 
@@ -125,6 +125,38 @@ def add(task: str, folder: str | Path, name: str | None = None, source: str | No
     slot["current"] = name
     _write_registry(reg)
     return entry
+
+
+EXPORT_FORMATS = ("peft", "mlx")
+
+
+def export(task: str, out: str | Path, fmt: str, base_model: str | None = None) -> str:
+    """Write the task's adapter in use to `out` as a PEFT or MLX folder; returns what was done, as
+    one sentence. The one implementation behind `loradesk adapters export` and the app's Export.
+
+    PEFT folders load unchanged with PeftModel.from_pretrained (vLLM, LoRAX), MLX ones with mlx-lm.
+    `out` must be new or an empty folder: an export never overwrites anything.
+    `base_model` replaces the base_model_name_or_path recorded (default: the adapter's own).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise AdapterError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    folder = adapter_folder(task)
+    if folder is None:
+        raise AdapterError(f"task {task!r} has no adapter to export; add one (loradesk adapters add {task} FOLDER) "
+                           "or train one first")
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AdapterError(f"{out} already exists and is not an empty folder; choose a new one")
+    weights = read_adapter(folder)
+    if fmt == "peft":
+        write_peft(weights, out, base_model_name=base_model)
+    else:
+        if base_model:
+            weights.base_model = base_model
+        write_mlx(weights, out)
+    hint = " Loads with PeftModel.from_pretrained (vLLM, LoRAX)." if fmt == "peft" else " Loads with mlx-lm."
+    return (f"Exported the {task} adapter {folder.name!r} ({weights.format.upper()}) as a {fmt.upper()} folder: "
+            f"{out} (rank {weights.rank}, {len(weights.modules)} layers, base {weights.base_model or '?'}).{hint}")
 
 
 def remove(task: str, name: str) -> None:

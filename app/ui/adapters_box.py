@@ -122,9 +122,9 @@ class AdaptersBox(QGroupBox):
             self.export_adapter(task, str(Path(out) / f"{task}-adapter-{fmt}"), fmt)
 
     def export_adapter(self, task: str, out: str, fmt: str = "peft") -> Worker:
-        from app.ui import integrations
+        from app.engine import store
 
-        self.job = create_worker(integrations.export_adapter, task, out, fmt, _connect={
+        self.job = create_worker(store.export, task, out, fmt, _connect={
             "returned": lambda text: self.say(text),
             "errored": lambda e: self.say(f"Could not export the {task} adapter: {e}", error=True),
         })

@@ -1,5 +1,5 @@
 """Glue between the app's panels and the modules other parts of LoRA Desk provide (training,
-benchmark report, adapter export, GGUF import). Qt-free: each function runs inside a worker.
+benchmark report, GGUF import; adapter export is app.engine.store.export). Qt-free: each function runs inside a worker.
 
 Each lookup is lazy, so a build without one of those modules still starts, and the panel that
 needs it says what is missing instead of failing at import.
@@ -90,24 +90,6 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
 
 
 # -- adapters and models ---------------------------------------------------------------------------
-def export_adapter(task: str, out: str, fmt: str = "peft") -> str:
-    """Write the task's adapter to `out` as a PEFT or MLX folder (as `loradesk adapters export`).
-    Returns what happened, as a sentence."""
-    from app.engine.adapter_format import read_adapter, write_mlx, write_peft
-    from app.engine.store import adapter_folder
-
-    folder = adapter_folder(task)
-    if folder is None:
-        raise RuntimeError(f"task {task!r} has no adapter to export; add or train one first")
-    out_path = Path(out).expanduser()
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
-        raise RuntimeError(f"{out_path} already exists and is not empty; choose a new folder")
-    weights = read_adapter(folder)
-    (write_peft if fmt == "peft" else write_mlx)(weights, out_path)
-    return (f"Exported the {task} adapter {folder.name!r} ({weights.format.upper()}) as a {fmt.upper()} folder: "
-            f"{out_path}" + (" — loads with PeftModel.from_pretrained (vLLM, LoRAX)." if fmt == "peft" else "."))
-
-
 def import_gguf(file: str, engine: str, say=None) -> str:
     """Convert a GGUF file into a registered model; returns the name to load it by."""
     fn = _first([("app.gguf_import", "import_gguf")])
