@@ -10,10 +10,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 from app import paths
 from app.engine.base import EngineError
+from app.hub import DownloadProgress, ProgressFn  # noqa: F401  (bytes done/total, speed, ETA)
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,6 @@ def default_model(engine: str) -> str:
 
 class ModelUnavailable(EngineError):
     """The model is not on this machine and cannot be downloaded now."""
-
-
-ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 def _registry_file() -> Path:
@@ -90,7 +86,9 @@ def check_model_folder(folder: Path) -> None:
 
 def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | None = None,
                   cancel=None) -> Path:
-    """A local folder holding the model `ref`, downloading it first if needed."""
+    """A local folder holding the model `ref`, downloading it first if needed: `progress` gets a
+    DownloadProgress (bytes done and total, speed, ETA) as bytes arrive; setting `cancel` stops the
+    download with hub.Cancelled, and the model is not marked complete."""
     ref_s = str(ref)
     candidate = Path(ref_s).expanduser()
     if candidate.exists():

@@ -69,30 +69,3 @@ def test_local_folder_and_errors(tiny_qwen, tmp_path):
 def test_offline_hub_says_use_a_local_folder():
     with pytest.raises(models.ModelUnavailable, match="offline.*--model /path/to/folder"):
         models.resolve_model("mlx-community/Qwen2.5-1.5B-Instruct-4bit")
-
-
-def test_download_with_progress_via_mocked_hub(monkeypatch, tiny_qwen):
-    """The hub is mocked at its edge: model_info lists files, hf_hub_download copies them."""
-    import huggingface_hub
-
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    files = sorted(p for p in tiny_qwen.iterdir() if p.is_file())
-
-    class Sibling:
-        def __init__(self, p):
-            self.rfilename, self.size = p.name, p.stat().st_size
-
-    class Api:
-        def model_info(self, repo_id, files_metadata=True):
-            return type("Info", (), {"siblings": [Sibling(p) for p in files]})()
-
-    def download(repo_id, filename, local_dir):
-        shutil.copy(tiny_qwen / filename, local_dir / filename)
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    seen = []
-    path = models.resolve_model("someone/tiny", progress=lambda d, t: seen.append((d, t)))
-    assert (path / "config.json").exists() and (path / ".complete").exists()
-    assert seen[-1][0] == seen[-1][1] == sum(p.stat().st_size for p in files)
-    assert models.resolve_model("someone/tiny") == path  # second time: no download

@@ -260,53 +260,45 @@ def test_offline_first_run_says_how_to_use_a_local_folder(qtbot, tiny_qwen):
 
 
 def test_download_shows_progress_then_loads_and_can_be_cancelled(qtbot, tiny_qwen, monkeypatch):
+    """Against a local fake hub (tests/fake_hub.py): huggingface-hub's own download code runs."""
     import threading
 
-    from app import hub
+    from fake_hub import FakeHub, repo_from_folder
 
-    repo = "someorg/tiny-model"
-    seen = []
-    gate = threading.Event()
+    from app.models import local_repo_folder
+    from app.ui.format import human_bytes
 
-    def fake_snapshot(repo_id, folder, progress=None, cancel=None, allow_patterns=None):
-        files = sorted(p for p in tiny_qwen.iterdir() if p.is_file())
-        total = sum(p.stat().st_size for p in files)
-        done = 0
-        folder.mkdir(parents=True, exist_ok=True)
-        for p in files:
-            if cancel is not None and cancel.is_set():
-                raise hub.Cancelled(f"download of {repo_id} cancelled; it resumes where it stopped next time")
-            if repo_id.endswith("slow"):
-                gate.wait(10)
-            shutil.copy(p, folder / p.name)
-            done += p.stat().st_size
-            seen.append((done, total))
-            progress(done, total)
-        return folder
+    repo, slow = "someorg/tiny-model", "someorg/tiny-slow"
+    fake = FakeHub({repo: repo_from_folder(tiny_qwen), slow: repo_from_folder(tiny_qwen)}).use(monkeypatch)
+    with fake:
+        win = open_window(qtbot, repo)
+        panel = win.models_panel
+        labels = []
+        panel.download_progress.connect(lambda p: labels.append((p, panel.progress.value(), panel.progress_label.text())))
+        panel.download(repo, "mlx")
+        qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
+        assert win.host.engine.model_info.ref == repo
+        last, value, text = labels[-1]
+        assert last.done == last.total > 0 and value == last.total // 1024
+        assert text.startswith(f"{human_bytes(last.total)} / {human_bytes(last.total)} · ") and text.endswith("/s")
+        assert len({p.done for p, _, _ in labels}) > 3  # bytes as they arrive, not one step per file
+        assert not panel.progress.isVisible()
 
-    monkeypatch.setattr(hub, "snapshot", fake_snapshot)
-    win = open_window(qtbot, repo)
-    panel = win.models_panel
-    values = []
-    panel.download_progress.connect(lambda d, t: values.append((panel.progress.value(), panel.progress_label.text())))
-    panel.download(repo, "mlx")
-    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=LOAD_MS)
-    assert win.host.engine.model_info.ref == repo
-    assert seen and seen[-1][0] == seen[-1][1]
-    qtbot.waitUntil(lambda: len(values) == len(seen), timeout=5000)
-    assert any(" of " in label for _, label in values)
-    assert not panel.progress.isVisible()
-
-    # Cancel: the job stops before the next file and says the download resumes.
-    w = panel.download("someorg/tiny-slow", "mlx")
-    qtbot.waitUntil(lambda: panel.cancel_btn.isVisible(), timeout=5000)
-    qtbot.mouseClick(panel.cancel_btn, __import__("PySide6.QtCore").QtCore.Qt.MouseButton.LeftButton)
-    gate.set()
-    qtbot.waitUntil(lambda: w.done.is_set(), timeout=10_000)
-    qtbot.waitUntil(lambda: "cancelled" in panel.message.text(), timeout=5000)
-    assert "resumes" in panel.message.text()
-    assert win.host.engine.model_info.ref == repo  # the loaded model is untouched
-    win.close()
+        # Cancel mid-file: the server holds the weights after their first block until the click.
+        fake.gate, labels[:] = threading.Event(), []
+        w = panel.download(slow, "mlx")
+        qtbot.waitUntil(lambda: any(p.file.endswith(".safetensors") and p.done > 0 for p, _, _ in labels), timeout=10_000)
+        text = panel.progress_label.text()
+        assert " / " in text and "/s · ETA " in text  # e.g. '64.2 KB / 1.9 MB · 3.1 MB/s · ETA 0:01'
+        qtbot.mouseClick(panel.cancel_btn, __import__("PySide6.QtCore").QtCore.Qt.MouseButton.LeftButton)
+        fake.gate.set()
+        qtbot.waitUntil(lambda: w.done.is_set(), timeout=10_000)
+        qtbot.waitUntil(lambda: "cancelled" in panel.message.text(), timeout=5000)
+        assert "files already downloaded are kept" in panel.message.text()
+        assert not (local_repo_folder(slow) / ".complete").exists()
+        assert win.host.engine.model_info.ref == repo  # the loaded model is untouched
+        assert panel.download_btn.isVisible()  # offered again
+        win.close()
 
 
 def test_settings_persist_between_runs(qtbot, tiny_qwen, adapters):

@@ -17,14 +17,19 @@ def human_duration(s: float) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
-def progress_text(done: int, total: int, elapsed: float) -> str:
-    """'312.0 MB of 940.0 MB · 10.4 MB/s · 1 min 00 s left'."""
-    speed = done / elapsed if elapsed > 0 else 0.0
-    parts = [f"{human_bytes(done)} of {human_bytes(total)}" if total else human_bytes(done)]
-    if speed > 0:
-        parts.append(f"{human_bytes(speed)}/s")
-        if total > done:
-            parts.append(f"{human_duration((total - done) / speed)} left")
+def clock(s: float) -> str:
+    """82 -> '1:22', 3723 -> '1:02:03'."""
+    s = int(max(0, round(s)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_text(p) -> str:
+    """A download's progress (app.hub.DownloadProgress): '312.0 MB / 1.0 GB · 8.4 MB/s · ETA 1:22'."""
+    parts = [f"{human_bytes(p.done)} / {human_bytes(p.total)}" if p.total else human_bytes(p.done)]
+    if p.speed > 0:
+        parts.append(f"{human_bytes(p.speed)}/s")
+    if p.eta_s is not None and p.total > p.done:
+        parts.append(f"ETA {clock(p.eta_s)}")
     return " · ".join(parts)
 
 

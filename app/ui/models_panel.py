@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -22,14 +21,13 @@ log = logging.getLogger(__name__)
 
 class ModelsPanel(QWidget):
     load_requested = Signal(str, str)  # model ref, engine kind
-    download_progress = Signal(int, int)  # emitted from the download thread; queued to the GUI
+    download_progress = Signal(object)  # app.hub.DownloadProgress, from the download thread; queued to the GUI
     import_note = Signal(str)  # GGUF import progress lines, from the import thread
 
     def __init__(self, host: EngineHost, parent=None):
         super().__init__(parent)
         self.host = host
         self.download_worker: Worker | None = None
-        self._dl_start = 0.0
         self._offer: tuple[str, str] | None = None
 
         layout = QVBoxLayout(self)
@@ -184,10 +182,8 @@ class ModelsPanel(QWidget):
         cancel = threading.Event()
 
         def job():
-            return resolve_model(ref, engine=kind, cancel=cancel,
-                                 progress=lambda done, total: self.download_progress.emit(done, total))
+            return resolve_model(ref, engine=kind, cancel=cancel, progress=self.download_progress.emit)
 
-        self._dl_start = time.monotonic()
         self.download_btn.hide()
         self.progress.setRange(0, 0)  # busy until the first report gives a total
         for w in (self.progress, self.progress_label, self.cancel_btn):
@@ -200,12 +196,12 @@ class ModelsPanel(QWidget):
         self.download_worker.finished.connect(self._download_ended)
         return self.download_worker.start()
 
-    def _on_progress(self, done: int, total: int) -> None:
-        if total > 0:
+    def _on_progress(self, p) -> None:
+        if p.total > 0:
             # QProgressBar holds an int: count in KB so multi-GB files fit.
-            self.progress.setRange(0, max(1, total // 1024))
-            self.progress.setValue(done // 1024)
-        self.progress_label.setText(progress_text(done, total, time.monotonic() - self._dl_start))
+            self.progress.setRange(0, max(1, p.total // 1024))
+            self.progress.setValue(p.done // 1024)
+        self.progress_label.setText(progress_text(p))
 
     def _downloaded(self, ref: str, kind: str, folder) -> None:
         self._offer = None
@@ -230,7 +226,8 @@ class ModelsPanel(QWidget):
         for w in (self.progress, self.progress_label, self.cancel_btn):
             w.hide()
         if self.download_worker is not None and self.download_worker.abort_requested:
-            self.show_message("Download cancelled; it resumes where it stopped next time.")
+            self.show_message("Download cancelled; files already downloaded are kept and the next download "
+                              "fetches the rest.")
 
     def cancel(self) -> None:
         if self.download_worker is not None and not self.download_worker.done.is_set():
