@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated LORADESK_HOME and tiny random models/adapters built locally.
 
 No test downloads anything: HF_HUB_OFFLINE is set, and the hub is mocked only at app.hub.
+Download tests lift it for a local fake hub on 127.0.0.1 (tests/fake_hub.py), never the real one.
 """
 from __future__ import annotations
 
