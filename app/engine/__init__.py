@@ -4,6 +4,7 @@ Nothing outside this package imports mlx or torch.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -18,9 +19,20 @@ def default_engine() -> tuple[str, str]:
     env = os.environ.get("LORADESK_ENGINE")
     if env in ENGINES:
         return env, "set by LORADESK_ENGINE"
+    installed = installed_engines()
     if sys.platform == "darwin" and platform.machine() == "arm64":
-        return "mlx", "Apple Silicon: MLX uses the GPU and unified memory"
-    return "torch", f"{sys.platform}/{platform.machine()}: transformers + PEFT (MLX's fast path needs Apple Silicon)"
+        if "mlx" in installed or not installed:
+            return "mlx", "Apple Silicon: MLX uses the GPU and unified memory"
+        return "torch", "Apple Silicon, but mlx is not installed: transformers + PEFT"
+    if "torch" in installed or not installed:
+        return "torch", f"{sys.platform}/{platform.machine()}: transformers + PEFT (MLX's fast path needs Apple Silicon)"
+    return "mlx", f"{sys.platform}/{platform.machine()}: torch is not installed (e.g. an MLX-only bundle), MLX's CPU build"
+
+
+def installed_engines() -> list[str]:
+    """Engines whose libraries are present (found, not imported: importing torch takes seconds)."""
+    found = lambda *mods: all(importlib.util.find_spec(m) for m in mods)  # noqa: E731
+    return [k for k, mods in (("mlx", ("mlx", "mlx_lm")), ("torch", ("torch", "transformers", "peft"))) if found(*mods)]
 
 
 def create_engine(kind: str | None = None) -> Engine:

@@ -88,8 +88,9 @@ def iterate(make_iter: Callable[[], Iterator], cancel: threading.Event | None = 
     stop = threading.Event()
 
     def produce():
-        it = make_iter()
+        it = None
         try:
+            it = make_iter()  # may raise (e.g. a broken engine): the consumer must still get _END
             for item in it:
                 items.put(item)
                 if stop.is_set() or (cancel is not None and cancel.is_set()):
@@ -97,7 +98,7 @@ def iterate(make_iter: Callable[[], Iterator], cancel: threading.Event | None = 
         except BaseException as e:  # noqa: BLE001
             items.put(_Raised(e))
         finally:
-            close = getattr(it, "close", None)
+            close = getattr(it, "close", None) if it is not None else None
             if close:
                 close()
             items.put(_END)
@@ -108,7 +109,13 @@ def iterate(make_iter: Callable[[], Iterator], cancel: threading.Event | None = 
         return
     try:
         while True:
-            item = items.get()
+            try:
+                item = items.get(timeout=0.5)
+            except queue.Empty:
+                if fut.done() and items.empty():  # the producer died without a word (never expected)
+                    fut.result()
+                    break
+                continue
             if item is _END:
                 break
             if isinstance(item, _Raised):

@@ -153,7 +153,16 @@ def splash_screen():
     return splash
 
 
-def run(model: str | None = None, engine: str | None = None, argv: list[str] | None = None) -> int:
+def _since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+def run(model: str | None = None, engine: str | None = None, argv: list[str] | None = None,
+        quit_after: float | None = None) -> int:
+    """Start the app. `quit_after` (seconds after the window shows) is for smoke tests: the app prints
+    when the window showed and whether the model loaded, then quits; exit 1 if the model failed."""
     from app.session import choose_engine
 
     setup_logging()
@@ -175,4 +184,30 @@ def run(model: str | None = None, engine: str | None = None, argv: list[str] | N
     window.show()
     splash.finish(window)
     QTimer.singleShot(0, window.start)  # show the window first, then start loading the model
-    return app.exec()
+    if quit_after is None:
+        return app.exec()
+    return _smoke(app, window, quit_after)
+
+
+SMOKE_STATE: dict = {}  # what the last smoke run saw (self-test reads it)
+
+
+def _smoke(app: QApplication, window, seconds: float) -> int:
+    print(f"gui: window shown {_since_process_start():.2f} s after the process started", flush=True)
+    state = SMOKE_STATE
+    state.update(failed=None, loaded=None)
+
+    def loaded(info) -> None:
+        state["loaded"] = str(info.ref)
+        print(f"gui: model {info.ref} loaded {_since_process_start():.2f} s after the process started", flush=True)
+
+    def failed(message: str) -> None:
+        state["failed"] = message
+        print(f"gui: model failed to load: {message}", flush=True)
+
+    window.host.model_loaded.connect(loaded)
+    window.host.model_failed.connect(failed)
+    QTimer.singleShot(int(seconds * 1000), window.close)
+    QTimer.singleShot(int(seconds * 1000) + 50, app.quit)
+    rc = app.exec()
+    return 1 if rc or state["failed"] else 0

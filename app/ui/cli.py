@@ -4,10 +4,12 @@ from __future__ import annotations
 
 def register(sub, common):
     p = sub.add_parser("gui", parents=[common], help="start the desktop app (the default command)")
+    p.add_argument("--quit-after", type=float, metavar="SECONDS",
+                   help="smoke test: quit this many seconds after the window shows (prints start-up times)")
     p.set_defaults(func=cmd_gui)
 
 
 def cmd_gui(args) -> int:
     from app.ui.app import run
 
-    return run(model=args.model, engine=args.engine)
+    return run(model=args.model, engine=args.engine, quit_after=args.quit_after)
