@@ -82,12 +82,30 @@ class Engine(ABC):
     def add_adapter(self, name: str, folder: str | Path) -> AdapterInfo:
         """Validate and load an adapter folder (MLX or PEFT format); it stays resident, inactive."""
 
-    @abstractmethod
-    def remove_adapter(self, name: str) -> None: ...
+    def remove_adapter(self, name: str) -> None:
+        self.check_adapter_name(name)
+        with self._lock:
+            self._drop(name)
+            del self.adapters[name]
+            if self.active == name:
+                self._route(None)
+                self.active = None
 
-    @abstractmethod
     def activate(self, name: str | None) -> None:
         """Make `name` the active adapter (None: the plain base model). No weights move."""
+        if name is not None and name not in self.adapters:
+            self.check_adapter_name(name)
+        with self._lock:  # waits for a running generation: never mix adapters in one answer
+            self._route(name)
+            self.active = name
+
+    @abstractmethod
+    def _route(self, name: str | None) -> None:
+        """Point the LoRA layers' shared active-adapter state at `name` (a name assignment)."""
+
+    @abstractmethod
+    def _drop(self, name: str) -> None:
+        """Free the adapter's weights from the LoRA layers."""
 
     # -- text -----------------------------------------------------------------------------
     @abstractmethod

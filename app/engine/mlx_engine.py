@@ -167,24 +167,12 @@ class MLXEngine(Engine):
             self._wrapped[mod_name] = wrapper
         return wrapper
 
-    def _drop(self, name: str):
+    def _drop(self, name: str) -> None:
         for wrapper in self._wrapped.values():
             wrapper._lora.pairs.pop(name, None)
-        del self.adapters[name]
-        if self.active == name:
-            self.active = self._active.name = None
 
-    def remove_adapter(self, name: str) -> None:
-        self.check_adapter_name(name)
-        with self._lock:
-            self._drop(name)
-
-    def activate(self, name: str | None) -> None:
-        if name is not None and name not in self.adapters:
-            self.check_adapter_name(name)
-        with self._lock:  # waits for a running generation: never mix adapters in one answer
-            self._active.name = name
-            self.active = name
+    def _route(self, name: str | None) -> None:
+        self._active.name = name
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

@@ -277,21 +277,9 @@ class TorchEngine(Engine):
 
     def _drop(self, name: str) -> None:
         self._forget(name)
-        del self.adapters[name]
-        if self.active == name:
-            self.active, self._shared.names = None, []
 
-    def remove_adapter(self, name: str) -> None:
-        self.check_adapter_name(name)
-        with self._lock:
-            self._drop(name)
-
-    def activate(self, name: str | None) -> None:
-        if name is not None and name not in self.adapters:
-            self.check_adapter_name(name)
-        with self._lock:  # waits for a running generation: never mix adapters in one answer
-            self._shared.names = [] if name is None else [name]
-            self.active = name
+    def _route(self, name: str | None) -> None:
+        self._shared.names = [] if name is None else [name]
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

@@ -27,6 +27,17 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 100 or v == int(v) else f"{v:.3g}"
 
 
+
+def _painter(widget) -> QPainter:
+    """A painter on a white background with the charts' small font."""
+    p = QPainter(widget)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    p.fillRect(widget.rect(), QColor("#ffffff"))
+    small = QFont(widget.font())
+    small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
+    p.setFont(small)
+    return p
+
 class LossPlot(QWidget):
     """Training (line) and validation (dots) loss against step; redraws as points arrive."""
 
@@ -49,12 +60,7 @@ class LossPlot(QWidget):
         self.update()
 
     def paintEvent(self, _event) -> None:  # noqa: N802 - Qt override
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        p.fillRect(self.rect(), QColor("#ffffff"))
-        small = QFont(self.font())
-        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
-        p.setFont(small)
+        p = _painter(self)
         fm = p.fontMetrics()
         plot = QRectF(48, 12, self.width() - 60, self.height() - 40)
         pts = [pt for s in self.series.values() for pt in s]
@@ -128,12 +134,7 @@ class BarChart(QWidget):
         self.update()
 
     def paintEvent(self, _event) -> None:  # noqa: N802 - Qt override
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        p.fillRect(self.rect(), QColor("#ffffff"))
-        small = QFont(self.font())
-        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
-        p.setFont(small)
+        p = _painter(self)
         vals = [v for s in self.series.values() for v in s if v is not None]
         plot = QRectF(44, 26, self.width() - 56, self.height() - 62)
         p.setPen(QColor("#111827"))
