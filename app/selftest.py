@@ -2,11 +2,14 @@
 
 For each available engine: build a tiny random model, add two tiny adapters, generate with each and
 with none, switch back and forth, and check that each adapter changes the answer and that switching
-back reproduces it token for token. Exits 0 only when all of it worked. MLX is exercised, not just
-imported: a bundle missing MLX's compiled kernels fails here.
+back reproduces it token for token. Then: the benchmark's sandbox (a HumanEval solution, a wrong
+one, an endless loop), a job in a spawned process (how the app trains and benchmarks), and with
+--gui the app itself opening and loading a tiny model. Exits 0 only when all of it worked. MLX is
+exercised, not just imported: a bundle missing MLX's compiled kernels fails here.
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -71,6 +74,25 @@ def check_sandbox(log) -> None:
     log(f"  sandbox: right solution passed, wrong one {wrong.status}, endless loop {loop.status}")
 
 
+def _child_job(x: int, report, cancel) -> tuple[int, int]:
+    report(f"child {os.getpid()} started")
+    return x * 2, os.getpid()
+
+
+def check_jobs(log) -> None:
+    """Training and benchmark jobs run in spawned processes (in a bundle, the bundle's executable
+    re-entered through multiprocessing.freeze_support): one runs, reports and returns."""
+    import threading
+
+    from app.ui.child_process import run_in_child  # Qt-free
+
+    reports = []
+    value, pid = run_in_child("app.selftest:_child_job", (21,), reports.append, threading.Event(), what="self-test")
+    if value != 42 or pid == os.getpid() or reports != [f"child {pid} started"]:
+        raise AssertionError(f"the child process job went wrong: {value}, {pid}, {reports}")
+    log(f"  jobs: a spawned process (pid {pid}) reported and returned")
+
+
 def check_gui(root: Path, log) -> None:
     """The app as a user starts it: Qt loads its platform plugin, the main window opens and loads a
     tiny model (QT_QPA_PLATFORM=offscreen when there is no display). A child process with its own
@@ -110,12 +132,13 @@ def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
             except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
                 ok = False
                 log(f"self-test {kind}: FAILED: {type(e).__name__}: {e}")
-    try:
-        check_sandbox(log)
-        log("self-test sandbox: ok")
-    except Exception as e:  # noqa: BLE001
-        ok = False
-        log(f"self-test sandbox: FAILED: {type(e).__name__}: {e}")
+    for part, check in (("sandbox", check_sandbox), ("jobs", check_jobs)):
+        try:
+            check(log)
+            log(f"self-test {part}: ok")
+        except Exception as e:  # noqa: BLE001
+            ok = False
+            log(f"self-test {part}: FAILED: {type(e).__name__}: {e}")
     if gui:
         try:
             with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:

@@ -116,3 +116,13 @@ def test_default_engine_falls_back_to_the_installed_one(monkeypatch):
     assert engines.default_engine()[0] == "mlx"
     monkeypatch.setattr(engines, "installed_engines", lambda: ["torch"])
     assert engines.default_engine()[0] == "torch"
+
+
+def test_self_test_jobs_check_runs_a_spawned_process():
+    import os
+
+    from app.selftest import check_jobs
+
+    lines = []
+    check_jobs(lines.append)
+    assert lines[0].startswith("  jobs: a spawned process (pid ") and f"(pid {os.getpid()})" not in lines[0]
