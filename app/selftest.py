@@ -105,7 +105,8 @@ def check_gui(root: Path, log) -> None:
     model = build_tiny_model(root / "model", "qwen2")
     # In a bundle the executable is the app; otherwise run this package's entry point.
     cmd = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "app"]
-    cmd += ["gui", "--model", str(model), "--quit-after", "4"]
+    shot = root / "window.png"
+    cmd += ["gui", "--model", str(model), "--quit-after", "4", "--screenshot", str(shot)]
     env = {**os.environ, "LORADESK_HOME": str(root / "home"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
                           cwd=None if getattr(sys, "frozen", False) else Path(__file__).resolve().parent.parent)
@@ -113,6 +114,8 @@ def check_gui(root: Path, log) -> None:
     if proc.returncode != 0 or not any(" loaded " in line for line in shown):
         raise AssertionError(f"the window did not load the tiny model (exit {proc.returncode}): "
                              f"{' | '.join(shown) or proc.stderr.strip()[-500:]}")
+    if not shot.exists() or shot.stat().st_size < 1000:
+        raise AssertionError("the window could not be drawn to a screenshot")
     for line in shown:
         log(f"  {line}")
     log("  gui: main window opened and loaded the tiny model")

@@ -65,7 +65,7 @@ def run_bundle(exe: Path, args: list[str], home: Path, timeout: float) -> tuple[
     return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0
 
 
-def check(exe: Path) -> bool:
+def check(exe: Path, shot: Path) -> bool:
     ok = True
     with tempfile.TemporaryDirectory(prefix="loradesk-bundle-") as tmp:
         home = Path(tmp)
@@ -78,11 +78,11 @@ def check(exe: Path) -> bool:
         print(out.rstrip())
         print(f"bundle self-test --gui: exit {rc} in {secs:.1f} s")
         ok &= rc == 0
-        rc, out, secs = run_bundle(exe, ["gui", "--quit-after", "5"], home, 300)
+        rc, out, secs = run_bundle(exe, ["gui", "--quit-after", "5", "--screenshot", str(shot)], home, 300)
         print(out.rstrip())
-        print(f"bundle gui (no model on this machine) ran 5 s and quit: exit {rc} in {secs:.1f} s")
+        print(f"bundle gui (no model on this machine) ran 5 s and quit: exit {rc} in {secs:.1f} s; window: {shot}")
         # No model here: the window opens on the model manager (offline message), which is not a failure.
-        ok &= "gui: window shown" in out and "Traceback" not in out
+        ok &= "gui: window shown" in out and "Traceback" not in out and shot.exists()
     return ok
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"bundle: {folder} ({folder_bytes(folder) / 1e9:.2f} GB)")
     print("\n".join(mlx_kernel_report(folder)) or "  (no MLX in this bundle)")
-    if args.check and not check(exe):
+    if args.check and not check(exe, args.dist / "bundle-gui.png"):
         print("build.py: the bundle FAILED its checks", file=sys.stderr)
         return 1
     return 0

@@ -160,7 +160,7 @@ def _since_process_start() -> float:
 
 
 def run(model: str | None = None, engine: str | None = None, argv: list[str] | None = None,
-        quit_after: float | None = None) -> int:
+        quit_after: float | None = None, screenshot: str | None = None) -> int:
     """Start the app. `quit_after` (seconds after the window shows) is for smoke tests: the app prints
     when the window showed and whether the model loaded, then quits; exit 1 if the model failed."""
     from app.session import choose_engine
@@ -186,13 +186,13 @@ def run(model: str | None = None, engine: str | None = None, argv: list[str] | N
     QTimer.singleShot(0, window.start)  # show the window first, then start loading the model
     if quit_after is None:
         return app.exec()
-    return _smoke(app, window, quit_after)
+    return _smoke(app, window, quit_after, screenshot)
 
 
 SMOKE_STATE: dict = {}  # what the last smoke run saw (self-test reads it)
 
 
-def _smoke(app: QApplication, window, seconds: float) -> int:
+def _smoke(app: QApplication, window, seconds: float, screenshot: str | None = None) -> int:
     print(f"gui: window shown {_since_process_start():.2f} s after the process started", flush=True)
     state = SMOKE_STATE
     state.update(failed=None, loaded=None)
@@ -207,6 +207,12 @@ def _smoke(app: QApplication, window, seconds: float) -> int:
 
     window.host.model_loaded.connect(loaded)
     window.host.model_failed.connect(failed)
+    def shoot() -> None:
+        if screenshot:
+            ok = window.grab().save(screenshot)
+            print(f"gui: screenshot {'saved to ' + screenshot if ok else 'could not be saved to ' + screenshot}", flush=True)
+
+    QTimer.singleShot(max(0, int(seconds * 1000) - 100), shoot)
     QTimer.singleShot(int(seconds * 1000), window.close)
     QTimer.singleShot(int(seconds * 1000) + 50, app.quit)
     rc = app.exec()

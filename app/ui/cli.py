@@ -6,10 +6,12 @@ def register(sub, common):
     p = sub.add_parser("gui", parents=[common], help="start the desktop app (the default command)")
     p.add_argument("--quit-after", type=float, metavar="SECONDS",
                    help="smoke test: quit this many seconds after the window shows (prints start-up times)")
+    p.add_argument("--screenshot", metavar="PNG", help="with --quit-after: save the window as a PNG just before quitting")
     p.set_defaults(func=cmd_gui)
 
 
 def cmd_gui(args) -> int:
     from app.ui.app import run
 
-    return run(model=args.model, engine=args.engine, quit_after=args.quit_after)
+    return run(model=args.model, engine=args.engine, quit_after=args.quit_after,
+               screenshot=args.screenshot)
