@@ -232,3 +232,23 @@ def test_info_reports_torch_device(tiny_qwen, capsys):
     assert main(["info", "--engine", "torch", "--model", str(tiny_qwen)]) == 0
     out = capsys.readouterr().out
     assert "engine:   torch" in out and "device:   cpu (float32)" in out
+
+
+def test_fast_lora_forward_equals_peft_forward(tiny_qwen, tiny_adapters):
+    """The engine's short LoRA forward computes exactly what PEFT's own forward does."""
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    e = _engine(tiny_qwen, {"math": tiny_adapters["qwen2"]["math"], "code": tiny_adapters["qwen2"]["code"]})
+    layers = [m for m in e.model.modules() if isinstance(m, LoraLinear)]
+    assert layers and all(type(m).forward is not LoraLinear.forward for m in layers)
+    torch.manual_seed(0)
+    for name in ("math", "code", None):
+        e.activate(name)
+        changed = 0
+        for layer in layers:
+            x = torch.randn(2, 3, layer.in_features, dtype=layer.base_layer.weight.dtype)
+            fast = layer(x)
+            assert torch.equal(fast, LoraLinear.forward(layer, x))
+            changed += not torch.equal(fast, layer.base_layer(x))
+        assert (changed > 0) == (name is not None)  # the adapter is applied where it has weights

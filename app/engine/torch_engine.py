@@ -81,14 +81,37 @@ def _share_active(layer, state: SharedActive) -> None:
         return
     sub = _SHARED_CLASSES.get(cls)
     if sub is None:
-        sub = type(cls.__name__, (cls,), {
+        attrs = {
             "_loradesk_shared": True,
             "__module__": cls.__module__,
             "active_adapter": property(lambda self: self._loradesk_active.names),
-        })
+        }
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        if cls is LoraLinear:
+            attrs["forward"] = _fast_forward
+        sub = type(cls.__name__, (cls,), attrs)
         _SHARED_CLASSES[cls] = sub
     layer._loradesk_active = state
     layer.__class__ = sub
+
+
+def _fast_forward(self, x, *args, **kwargs):
+    """PEFT's LoRA Linear forward for the one case that serves answers (inference, one plain LoRA
+    adapter active, nothing merged): the same arithmetic, base(x) + B(A(x)) * scale, without
+    walking its general path (dropout and module calls, per-call checks). That path costs about
+    a third of the LoRA time on CPU, where 168 small layers run per token."""
+    names = self._loradesk_active.names
+    if len(names) != 1 or args or kwargs or self.training or self.merged or self.disable_adapters:
+        return super(type(self), self).forward(x, *args, **kwargs)
+    name = names[0]
+    if name not in self.lora_A or name in self.lora_variant:
+        return super(type(self), self).forward(x, *args, **kwargs)
+    result = self.base_layer(x)
+    a = self.lora_A[name].weight
+    b = self.lora_B[name]
+    lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b.weight, b.bias)
+    return (result + lora * self.scaling[name]).to(result.dtype)
 
 
 class _Detokenizer:
