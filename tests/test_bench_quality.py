@@ -13,7 +13,7 @@ from app.bench import evals, metrics
 from app.bench.quality import QualityConfig, check_fits, read_results, run_quality
 from app.engine.base import EngineError
 
-DATA = Path(__file__).parent / "fixtures" / "bench"
+DATA = Path(__file__).resolve().parent.parent / "resources" / "bench-sample"  # shipped: the self-test runs it too
 ALL_TASKS = "gsm8k,mathqa,humaneval,hellaswag,cnn_dailymail,arxiv,paraphrase"
 
 

@@ -1,10 +1,16 @@
 from app.selftest import check_engine, run
 
 
-def test_self_test_passes_on_mlx(capsys):
+def test_self_test_passes_on_mlx(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORADESK_HOME", str(tmp_path / "user-home"))
     assert run(["mlx"]) is True
     out = capsys.readouterr().out
-    assert "self-test mlx: ok" in out and "self-test: passed" in out
+    assert "self-test mlx: ok" in out and "self-test mlx training: ok" in out and "self-test: passed" in out
+    # its training runs and adapters went to a throw-away home, not the user's
+    import os
+
+    assert os.environ["LORADESK_HOME"] == str(tmp_path / "user-home")
+    assert not any((tmp_path / "user-home").rglob("*.safetensors"))
 
 
 def test_self_test_fails_when_an_engine_is_broken(monkeypatch, capsys):
