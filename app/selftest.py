@@ -9,6 +9,7 @@ exercised, not just imported: a bundle missing MLX's compiled kernels fails here
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -169,25 +170,14 @@ def check_gui(root: Path, log) -> None:
     if proc.returncode != 0 or not any(" loaded " in line for line in shown):
         raise AssertionError(f"the window did not load the tiny model (exit {proc.returncode}): "
                              f"{' | '.join(shown) or proc.stderr.strip()[-500:]}")
-    if not shot.exists() or shot.stat().st_size < 1000:
-        raise AssertionError("the window could not be drawn to a screenshot")
+    head = shot.read_bytes()[:24] if shot.exists() else b""
+    width, height = (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) if len(head) == 24 else (0, 0)
+    if not head.startswith(b"\x89PNG") or width < 200 or height < 200:  # the PNG header's size: a real window
+        raise AssertionError(f"the window could not be drawn to a screenshot ({width}x{height}): "
+                             f"{' | '.join(shown)} | {proc.stderr.strip()[-800:]}")
     for line in shown:
         log(f"  {line}")
     log("  gui: main window opened and loaded the tiny model")
-
-
-def _check_engines(engines: list[str], log) -> bool:
-    ok = True
-    for kind in engines:
-        for part, check in (("", check_engine), (" training", check_training)):
-            with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
-                try:
-                    check(kind, Path(tmp), log)
-                    log(f"self-test {kind}{part}: ok")
-                except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
-                    ok = False
-                    log(f"self-test {kind}{part}: FAILED: {type(e).__name__}: {e}")
-    return ok
 
 
 def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
@@ -195,38 +185,34 @@ def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
     if not engines:
         log("self-test: no engine is installed (need mlx + mlx-lm, or torch + transformers + peft)")
         return False
+    # Each check: (name, fn(root, log)); each gets its own temp folder.
+    checks = []
+    for kind in engines:
+        checks += [(kind, functools.partial(check_engine, kind)),
+                   (f"{kind} training", functools.partial(check_training, kind))]
+    checks += [("bench", functools.partial(check_bench, engines[0])),
+               ("sandbox", lambda root, log: check_sandbox(log)),
+               ("jobs", lambda root, log: check_jobs(log))]
+    if gui:
+        checks.append(("gui", check_gui))
     ok = True
     home = os.environ.get("LORADESK_HOME")
     with tempfile.TemporaryDirectory(prefix="loradesk-selftest-home-") as tmp_home:
         os.environ["LORADESK_HOME"] = tmp_home  # runs and adapters of the checks never reach the user's store
         try:
-            ok = _check_engines(engines, log)
+            for name, check in checks:
+                with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
+                    try:
+                        check(Path(tmp), log)
+                        log(f"self-test {name}: ok")
+                    except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
+                        ok = False
+                        log(f"self-test {name}: FAILED: {type(e).__name__}: {e}")
         finally:
             if home is None:
                 os.environ.pop("LORADESK_HOME", None)
             else:
                 os.environ["LORADESK_HOME"] = home
-    with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
-        try:
-            check_bench(engines[0], Path(tmp), log)
-            log("self-test bench: ok")
-        except Exception as e:  # noqa: BLE001
-            ok = False
-            log(f"self-test bench: FAILED: {type(e).__name__}: {e}")
-    for part, check in (("sandbox", check_sandbox), ("jobs", check_jobs)):
-        try:
-            check(log)
-            log(f"self-test {part}: ok")
-        except Exception as e:  # noqa: BLE001
-            ok = False
-            log(f"self-test {part}: FAILED: {type(e).__name__}: {e}")
-    if gui:
-        try:
-            with tempfile.TemporaryDirectory(prefix="loradesk-selftest-") as tmp:
-                check_gui(Path(tmp), log)
-        except Exception as e:  # noqa: BLE001
-            ok = False
-            log(f"self-test gui: FAILED: {type(e).__name__}: {e}")
     log("self-test: " + ("passed" if ok else "FAILED"))
     return ok
 
