@@ -10,9 +10,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 from app import paths
 from app.engine.base import EngineError
-from app.hub import DownloadProgress, ProgressFn  # noqa: F401  (bytes done/total, speed, ETA)
+from app.hub import ProgressFn  # called with a hub.DownloadProgress (bytes done/total, speed, ETA)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 For each available engine: build a tiny random model, add two tiny adapters, generate with each and
 with none, switch back and forth, and check that each adapter changes the answer and that switching
-back reproduces it token for token, and train a few LoRA steps whose adapter it loads. Then: the benchmark's sandbox (a HumanEval solution, a wrong
-one, an endless loop), a job in a spawned process (how the app trains and benchmarks), and with
---gui the app itself opening and loading a tiny model. Exits 0 only when all of it worked. MLX is
+back reproduces it token for token; then train a few LoRA steps whose adapter it loads. Then: one
+item of every benchmark task with its report, the sandbox (a HumanEval solution, a wrong one, an
+endless loop), a job in a spawned process (how the app trains and benchmarks), and with --gui the
+app itself opening and loading a tiny model. Exits 0 only when all of it worked. MLX is
 exercised, not just imported: a bundle missing MLX's compiled kernels fails here.
 """
 from __future__ import annotations
@@ -17,12 +18,6 @@ import time
 from pathlib import Path
 
 from app.tasks import GenerationSettings, get_task
-
-
-def _available_engines() -> list[str]:
-    from app.engine import installed_engines
-
-    return installed_engines()
 
 
 def check_engine(kind: str, root: Path, log) -> None:
@@ -181,7 +176,9 @@ def check_gui(root: Path, log) -> None:
 
 
 def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
-    engines = engines or _available_engines()
+    from app.engine import installed_engines
+
+    engines = engines or installed_engines()
     if not engines:
         log("self-test: no engine is installed (need mlx + mlx-lm, or torch + transformers + peft)")
         return False

@@ -98,7 +98,7 @@ def iterate(make_iter: Callable[[], Iterator], cancel: threading.Event | None = 
         except BaseException as e:  # noqa: BLE001
             items.put(_Raised(e))
         finally:
-            close = getattr(it, "close", None) if it is not None else None
+            close = getattr(it, "close", None)
             if close:
                 close()
             items.put(_END)
@@ -109,13 +109,7 @@ def iterate(make_iter: Callable[[], Iterator], cancel: threading.Event | None = 
         return
     try:
         while True:
-            try:
-                item = items.get(timeout=0.5)
-            except queue.Empty:
-                if fut.done() and items.empty():  # the producer died without a word (never expected)
-                    fut.result()
-                    break
-                continue
+            item = items.get()
             if item is _END:
                 break
             if isinstance(item, _Raised):

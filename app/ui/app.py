@@ -190,16 +190,11 @@ def run(model: str | None = None, engine: str | None = None, argv: list[str] | N
     return _smoke(app, window, quit_after, screenshot)
 
 
-SMOKE_STATE: dict = {}  # what the last smoke run saw (self-test reads it)
-
-
 def _smoke(app: QApplication, window, seconds: float, screenshot: str | None = None) -> int:
     print(f"gui: window shown {_since_process_start():.2f} s after the process started", flush=True)
-    state = SMOKE_STATE
-    state.update(failed=None, loaded=None)
+    state = {"failed": None}
 
     def loaded(info) -> None:
-        state["loaded"] = str(info.ref)
         print(f"gui: model {info.ref} loaded {_since_process_start():.2f} s after the process started", flush=True)
 
     def failed(message: str) -> None:
