@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         sys.stdout.flush()
+        from app.jsonfile import pop_notices
+
+        for notice in pop_notices():  # a damaged registry or settings file that was recovered
+            print(f"loradesk: note: {notice}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ def register(sub, common):
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a task option, e.g. length=short for summarize")
     p.add_argument("--stats", action="store_true", help="print speed and memory to stderr")
+    p.add_argument("--force", action="store_true",
+                   help="use the task's adapter even if it was made for another base model")
     p.add_argument("text", help="the input; - reads stdin")
     p.set_defaults(func=cmd_ask)
 
@@ -27,6 +29,8 @@ def register(sub, common):
     ap.add_argument("task", choices=task_names())
     ap.add_argument("folder")
     ap.add_argument("--name", help="name in the store (default: the folder's name)")
+    ap.add_argument("--force", action="store_true",
+                    help="add it even if it was made for another base model than the app's (it then loads with a warning)")
     ap.set_defaults(func=cmd_adapters_add)
     rp = asub.add_parser("remove", help="delete an adapter from the store")
     rp.add_argument("task", choices=task_names())
@@ -57,16 +61,27 @@ def _read_text(text: str) -> str:
     return text
 
 
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """`--option NAME=VALUE` pairs as a dict; anything else is a clear error."""
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"--option {pair!r}: expected the form --option NAME=VALUE (e.g. --option length=short)")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def cmd_ask(args) -> int:
     from app.session import open_session
     from app.tasks import get_task
 
     task = get_task(args.task)
     text = _read_text(args.text)
-    options = dict(o.split("=", 1) for o in args.option)
+    options = parse_options(args.option)
     messages = task.messages(text, **options)  # validates options before loading anything
     settings = task.generation.replace(max_tokens=args.max_tokens, temperature=args.temperature)
-    session = open_session(args.model, args.engine, tasks=[] if args.no_adapter else [task.name])
+    session = open_session(args.model, args.engine, tasks=[] if args.no_adapter else [task.name], force=args.force)
     engine = session.engine
     engine.activate(None if args.no_adapter or task.name not in engine.adapters else task.name)
     cancel = threading.Event()
@@ -140,7 +155,10 @@ def cmd_adapters_list(args) -> int:
 def cmd_adapters_add(args) -> int:
     from app.engine import store
 
-    entry = store.add(args.task, args.folder, name=args.name)
+    from app.session import choose_engine, choose_model
+
+    model = choose_model(None, choose_engine(None))  # the app's model: refuse adapters made for another
+    entry = store.add(args.task, args.folder, name=args.name, model=model, force=args.force)
     print(f"found a {entry.format.upper()} adapter in {args.folder}; registered as {entry.name!r} for "
           f"task {args.task} ({entry.path})")
     return 0

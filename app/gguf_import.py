@@ -99,11 +99,11 @@ def import_gguf(path: str | Path, name: str | None = None, mlx: bool | None = No
     """Import a GGUF file into the model store; returns {registered name: folder}."""
     from app.engine.convert import dequantize_gguf, quantize_mlx
     from app.models import register_model, registered_models
+    from app.names import check_name
 
     info = inspect_gguf(path)
     name = name or default_name(info.path)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise EngineError(f"model name {name!r} may hold only letters, digits, '.', '_' and '-'")
+    check_name(name, "model")
     mlx = _mlx_available() if mlx is None else mlx
     store = paths.models_dir()
     targets = {name: store / name}

@@ -6,13 +6,13 @@ progress). Offline with no local copy, the error says how to use a local folder 
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import paths
 from app.engine.base import EngineError
+from app.jsonfile import JsonFile
+from app.names import check_name
 from app.hub import ProgressFn  # called with a hub.DownloadProgress (bytes done/total, speed, ETA)
 
 
@@ -49,22 +49,30 @@ class ModelUnavailable(EngineError):
     """The model is not on this machine and cannot be downloaded now."""
 
 
-def _registry_file() -> Path:
-    return paths.models_dir() / "registry.json"
+def _rebuild_registry() -> dict:
+    """Registered models recreated from the store: every model folder that is not a hub download
+    (those are `<owner>--<name>` and found by repo id) is registered under its folder name."""
+    found = {}
+    for folder in sorted(paths.models_dir().iterdir()):
+        if folder.is_dir() and not folder.name.startswith(".") and "--" not in folder.name \
+                and (folder / "config.json").exists():
+            found[folder.name] = str(folder)
+    return found
+
+
+def _registry() -> JsonFile:
+    return JsonFile(paths.models_dir() / "registry.json", "the model registry", rebuild=_rebuild_registry)
 
 
 def registered_models() -> dict[str, str]:
     """Names given to local models (imported GGUF files): name -> folder."""
-    f = _registry_file()
-    return json.loads(f.read_text()) if f.exists() else {}
+    return {k: v for k, v in _registry().read().items() if isinstance(v, str)}
 
 
 def register_model(name: str, folder: Path) -> None:
-    reg = registered_models()
-    reg[name] = str(folder)
-    tmp = _registry_file().with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=2))
-    os.replace(tmp, _registry_file())
+    check_name(name, "model")
+    with _registry().update() as reg:
+        reg[name] = str(folder)
 
 
 def _looks_like_repo_id(ref: str) -> bool:

@@ -1,30 +1,26 @@
 """Open an engine with the user's model and every task adapter: shared by the CLI and the app."""
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 
 from app import paths
 from app.engine import Engine, create_engine, default_engine
+from app.jsonfile import JsonFile
 from app.models import default_model
 
 
+def _settings() -> JsonFile:
+    # Nothing to rebuild from: damaged settings are kept aside and the defaults apply.
+    return JsonFile(paths.settings_file(), "the settings file")
+
+
 def load_settings() -> dict:
-    f = paths.settings_file()
-    try:
-        return json.loads(f.read_text()) if f.exists() else {}
-    except json.JSONDecodeError:
-        return {}
+    return _settings().read()
 
 
 def save_settings(settings: dict) -> None:
-    import os
-
-    f = paths.settings_file()
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2))
-    os.replace(tmp, f)
+    _settings().write(settings)
 
 
 def choose_engine(kind: str | None) -> str:
@@ -45,14 +41,17 @@ class Session:
 
 
 def open_session(model: str | None = None, engine: str | None = None, tasks=None,
-                 with_adapters: bool = True, warn=True) -> Session:
+                 with_adapters: bool = True, warn=True, force: bool = False) -> Session:
     from app.engine.store import load_task_adapters
 
     kind = choose_engine(engine)
     eng = create_engine(kind)
     eng.load(choose_model(model, kind))
-    problems = load_task_adapters(eng, tasks) if with_adapters else {}
+    problems = load_task_adapters(eng, tasks, force=force) if with_adapters else {}
     if warn:
         for task, why in problems.items():
             print(f"note: {task}: {why}; answering with the base model", file=sys.stderr)
+        for adapter in eng.adapters.values():
+            if adapter.warning:
+                print(f"warning: {adapter.warning}", file=sys.stderr)
     return Session(eng, problems)

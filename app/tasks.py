@@ -5,11 +5,16 @@ engine, the benchmark and the UI all read them through this module.
 from __future__ import annotations
 
 import string
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, as a backport (pyproject: tomli; python_version < '3.11')
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-import tomllib
+from app.tasks import tomllib  # tomli on Python 3.10
 
 import pytest
 

@@ -13,6 +13,7 @@ Pickle files (`.bin`, `.pt`) are refused, never opened.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -283,6 +284,100 @@ def check_against_model(
             f"adapter {where} does not fit {model_name} ({len(problems)} mismatches; was it trained for "
             f"{weights.base_model or 'another model'}?):\n  " + "\n  ".join(shown)
         )
+
+
+def weights_digest(model_path: Path) -> str:
+    """sha256 over each weight file's name, size, first and last MiB: identifies the base weights
+    without reading gigabytes (a full hash of a 3B model takes longer than loading it)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(model_path).glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+# Conversions of one model published under other names: mlx-community/X-4bit, X-GGUF, X-MLX, ...
+_VARIANT_SUFFIX = re.compile(r"[-_.](\d+bit|gguf|mlx|bf16|fp16|f16|f32|awq|gptq|int4|int8|q\d\w*)$")
+
+
+def base_model_key(name: str | None) -> str | None:
+    """A model name reduced to what identifies the base model: the hub repo ids of one model in its
+    engines' formats (app.models.SUPPORTED pairs; owner, -4bit/-GGUF/-MLX suffixes, case) agree."""
+    if not name or not str(name).strip():
+        return None
+    from app import models
+
+    s = str(name).strip().rstrip("/")
+    for choice in (*models.SUPPORTED, models.MISTRAL_7B):
+        repos = {v.lower() for v in vars(choice).values() if isinstance(v, str) and "/" in v}
+        if s.lower() in repos:
+            s = choice.torch_repo
+            break
+    s = s.rsplit("/", 1)[-1].lower()
+    while _VARIANT_SUFFIX.search(s):
+        s = _VARIANT_SUFFIX.sub("", s)
+    return s or None
+
+
+def _model_name(ref: str | None, path: Path | None = None) -> str | None:
+    """The hub repo id a model reference stands for, or None for a folder, a file or a name the
+    user chose (an imported GGUF) that we cannot tie to a hub model."""
+    from app import models
+
+    store = models.paths.models_dir().resolve()
+    for candidate in (Path(str(p)) for p in (path, ref) if p):
+        try:
+            folder = candidate.expanduser().resolve()
+        except (OSError, RuntimeError):
+            continue
+        if folder.parent == store and "--" in folder.name:  # our download: models/<owner>--<name>
+            return folder.name.replace("--", "/", 1)
+        for part in folder.parts:  # the hub cache: models--<owner>--<name>/snapshots/<sha>
+            if part.startswith("models--") and part.count("--") >= 2:
+                return part[len("models--"):].replace("--", "/", 1)
+    if ref and models._looks_like_repo_id(str(ref)) and not Path(str(ref)).expanduser().exists():
+        return str(ref)
+    return None
+
+
+def check_base_model(weights: LoraWeights, model, where: str, force: bool = False) -> str | None:
+    """Compare the base model an adapter records with `model` (a ModelInfo, or a model reference).
+
+    Same weights (LoRA Desk's weights hash) or the same base name: None. Both sides named and
+    different: AdapterError naming both, unless `force` (then a warning). One side unnamed: a
+    one-line warning saying what could not be checked. Every engine calls this after the shape check.
+    """
+    ref, path = (model.ref, model.path) if hasattr(model, "path") else (str(model), None)
+    recorded = weights.base_model
+    digest = weights.metadata.get("base_weights_sample_sha256")
+    if path is not None and Path(path).is_dir():
+        if digest and digest == weights_digest(Path(path)):
+            return None  # the very weights it was trained on
+        if recorded and Path(recorded).expanduser().exists() and Path(recorded).expanduser().resolve() == Path(path).resolve():
+            return None
+    adapter_name, model_name = _model_name(recorded), _model_name(ref, path)
+    a, m = base_model_key(adapter_name), base_model_key(model_name)
+    shown = model_name or ref
+    if a and m:
+        if a == m:
+            return None
+        if force:
+            return f"adapter {where} was made for {adapter_name}, not {shown}; using it anyway (--force)"
+        raise AdapterError(
+            f"adapter {where} was made for {adapter_name}; the loaded model is {shown}. Load {adapter_name} "
+            f"(--model {adapter_name}) or use an adapter made for {shown}; --force uses it anyway."
+        )
+    if not recorded:
+        return f"adapter {where} does not record its base model; cannot check it was made for {shown}"
+    if digest and path is not None:
+        return (f"adapter {where} was made for {recorded}, whose weights differ from {shown}'s "
+                "(unnamed, so it may be a converted copy); check its answers")
+    return f"adapter {where} was made for {recorded}; {shown} cannot be identified to compare, so it is used unchecked"
 
 
 def _atomic_folder(out: Path):

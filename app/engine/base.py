@@ -59,6 +59,7 @@ class AdapterInfo:
     bytes: int
     base_model: str | None = None
     metadata: dict = field(default_factory=dict)
+    warning: str | None = None  # from check_base_model: what could not be checked, or --force used
 
 
 class Engine(ABC):
@@ -79,8 +80,10 @@ class Engine(ABC):
         """Load a base model (hub repo id or local folder), dropping any adapters."""
 
     @abstractmethod
-    def add_adapter(self, name: str, folder: str | Path) -> AdapterInfo:
-        """Validate and load an adapter folder (MLX or PEFT format); it stays resident, inactive."""
+    def add_adapter(self, name: str, folder: str | Path, force: bool = False) -> AdapterInfo:
+        """Validate and load an adapter folder (MLX or PEFT format); it stays resident, inactive.
+        An adapter recorded as made for another base model is refused unless `force`
+        (adapter_format.check_base_model; its warning, if any, is kept in AdapterInfo.warning)."""
 
     def remove_adapter(self, name: str) -> None:
         self.check_adapter_name(name)

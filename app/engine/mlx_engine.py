@@ -8,6 +8,7 @@ re-quantized. All MLX work runs on the MLX thread (see mlx_thread.py).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Iterator
@@ -17,10 +18,12 @@ import mlx.nn as nn
 import numpy as np
 
 from app.engine import mlx_thread
-from app.engine.adapter_format import LoraWeights, check_against_model, fingerprint_of, read_adapter
+from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
+
+log = logging.getLogger(__name__)
 
 
 class ActiveAdapter:
@@ -122,13 +125,19 @@ class MLXEngine(Engine):
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         return {name: _in_out(m) for name, m in self._linears.items()}
 
-    def add_adapter(self, name: str, folder) -> AdapterInfo:
+    def add_adapter(self, name: str, folder, force: bool = False) -> AdapterInfo:
         info = self.require_model()
         weights = read_adapter(folder)  # file reading and format checks: any thread
         fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
-        check_against_model(weights, self.linear_shapes(), fp, f"{name!r} ({folder})", f"the loaded model ({info.ref})")
+        where = f"{name!r} ({folder})"
+        check_against_model(weights, self.linear_shapes(), fp, where, f"the loaded model ({info.ref})")
+        warning = check_base_model(weights, info, where, force)
         with self._lock:
-            return mlx_thread.call(self._add, name, Path(folder), weights)
+            added = mlx_thread.call(self._add, name, Path(folder), weights)
+        if warning:
+            log.warning(warning)
+            added.warning = warning
+        return added
 
     def add_weights(self, name: str, weights: LoraWeights, folder: Path | None = None) -> AdapterInfo:
         """Add adapter weights already in memory (e.g. just trained)."""

@@ -4,20 +4,24 @@ Adapters live under `<home>/adapters/<task>/<name>/`, each a self-describing fol
 format). `registry.json` records, per task, the registered adapters and which one is in use.
 A task record's `[adapter] source` (a folder or hub repo id) is the fallback when none is registered.
 Writes go to a temp file or folder first and are renamed into place, so a failure never leaves a
-half-written adapter registered.
+half-written adapter registered; the registry is an app.jsonfile.JsonFile (locked, rebuilt from the
+folders when damaged). Every name passes app.names.check_name before it becomes a path.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import paths
-from app.engine.adapter_format import _atomic_folder, detect_format, read_adapter, write_mlx, write_peft
+from app.engine.adapter_format import (
+    METADATA_FILE, _atomic_folder, check_base_model, detect_format, read_adapter, write_mlx, write_peft,
+)
 from app.engine.base import AdapterError, Engine, EngineError
+from app.jsonfile import JsonFile
+from app.names import check_name
 from app.tasks import get_task, task_names
 
 
@@ -29,51 +33,77 @@ class StoredAdapter:
     format: str
     source: str  # where it came from: a folder, "trained", a repo id
     added: float
+    forced: bool = False  # added with --force although made for another base model
 
     def to_json(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "format": self.format,
-                "source": self.source, "added": self.added}
+        out = {"name": self.name, "path": str(self.path), "format": self.format,
+               "source": self.source, "added": self.added}
+        return {**out, "forced": True} if self.forced else out
 
 
-def _registry_path() -> Path:
-    return paths.adapters_dir() / "registry.json"
+def _rebuild_registry() -> dict:
+    """The registry recreated from the adapter folders on disk (each describes itself); the newest
+    adapter of each task becomes its current one."""
+    reg = {}
+    for task in task_names():
+        task_dir = paths.adapters_dir() / task
+        found = []
+        for folder in sorted(task_dir.iterdir()) if task_dir.is_dir() else []:
+            if folder.name.startswith(".") or folder.name.endswith(".old") or not folder.is_dir():
+                continue  # temp folders of an unfinished write
+            try:
+                fmt = detect_format(folder)
+            except AdapterError:
+                continue
+            meta = folder / METADATA_FILE
+            trained = meta.exists() and '"training"' in meta.read_text(encoding="utf-8", errors="replace")
+            found.append(StoredAdapter(task, folder.name, folder, fmt, "trained" if trained else "found on disk",
+                                       folder.stat().st_mtime).to_json())
+        if found:
+            found.sort(key=lambda a: a["added"])
+            reg[task] = {"adapters": found, "current": found[-1]["name"]}
+    return reg
+
+
+def _registry() -> JsonFile:
+    return JsonFile(paths.adapters_dir() / "registry.json", "the adapter registry", rebuild=_rebuild_registry)
 
 
 def _read_registry() -> dict:
-    p = _registry_path()
-    if not p.exists():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        # Keep the damaged file for the user; start a fresh registry (adapter folders are intact).
-        os.replace(p, p.with_suffix(f".corrupt-{int(time.time())}"))
-        return {}
-
-
-def _write_registry(reg: dict) -> None:
-    p = _registry_path()
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=2))
-    os.replace(tmp, p)
+    return _registry().read()
 
 
 def list_adapters(task: str | None = None) -> list[StoredAdapter]:
     reg = _read_registry()
     out = []
     for t in ([task] if task else task_names()):
-        for entry in reg.get(t, {}).get("adapters", []):
+        slot = reg.get(t)
+        for entry in slot.get("adapters", []) if isinstance(slot, dict) else []:
+            if not isinstance(entry, dict) or "name" not in entry or "path" not in entry:
+                continue  # an entry this version cannot read: ignored, not fatal
             out.append(StoredAdapter(task=t, name=entry["name"], path=Path(entry["path"]),
-                                     format=entry["format"], source=entry.get("source", ""),
-                                     added=entry.get("added", 0.0)))
+                                     format=entry.get("format", ""), source=entry.get("source", ""),
+                                     added=entry.get("added", 0.0), forced=bool(entry.get("forced"))))
     return out
+
+
+def _find(task: str, name: str) -> StoredAdapter:
+    """The registered adapter `name` of `task`, or a clear error naming the ones there are."""
+    get_task(task)
+    check_name(name)
+    stored = list_adapters(task)
+    for a in stored:
+        if a.name == name:
+            return a
+    known = ", ".join(a.name for a in stored) or "none"
+    raise EngineError(f"task {task!r} has no adapter named {name!r} (its adapters: {known}; see loradesk adapters list)")
 
 
 def current(task: str) -> StoredAdapter | None:
     """The adapter in use for `task`: the selected registered one, else the newest."""
-    reg = _read_registry().get(task, {})
+    slot = _read_registry().get(task)
     adapters = list_adapters(task)
-    chosen = reg.get("current")
+    chosen = slot.get("current") if isinstance(slot, dict) else None
     for a in adapters:
         if a.name == chosen:
             return a
@@ -104,26 +134,47 @@ def adapter_folder(task: str) -> Path | None:
     return None
 
 
+def default_name(folder: Path) -> str | None:
+    """An adapter's name when none is given: its folder's real name (`.` is the current folder's),
+    else the task run name recorded in its metadata."""
+    name = Path(folder).resolve().name
+    if name:
+        return name
+    meta = Path(folder) / METADATA_FILE
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("name") if meta.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def add(task: str, folder: str | Path, name: str | None = None, source: str | None = None,
-        move: bool = False) -> StoredAdapter:
-    """Copy (or move) an adapter folder into the store and make it the task's current adapter."""
+        move: bool = False, model: str | None = None, force: bool = False) -> StoredAdapter:
+    """Copy (or move) an adapter folder into the store and make it the task's current adapter.
+
+    With `model` (a model reference), an adapter recorded as made for another base model is refused
+    unless `force`; a forced adapter is later loaded with a warning instead of an error.
+    """
     get_task(task)  # unknown task -> clear error
     folder = Path(folder)
     fmt = detect_format(folder)
-    read_adapter(folder)  # refuse corrupt folders before anything is copied
-    name = name or folder.name
+    weights = read_adapter(folder)  # refuse corrupt folders before anything is copied
+    name = check_name(default_name(folder) if name is None else name)
+    if model is not None:
+        check_base_model(weights, model, f"{name!r} ({folder})", force=force)
     dest = paths.adapters_dir() / task / name
-    if dest.resolve() != folder.resolve():
+    src, dst = folder.resolve(), dest.resolve()
+    if src != dst:
+        if src in dst.parents or dst in src.parents:
+            raise AdapterError(f"{folder} and the store folder {dest} contain one another; add a copy from elsewhere")
         tmp, commit = _atomic_folder(dest)
         shutil.rmtree(tmp)
         (shutil.move if move else shutil.copytree)(str(folder), str(tmp))
         commit()
-    entry = StoredAdapter(task, name, dest, fmt, source or str(folder), time.time())
-    reg = _read_registry()
-    slot = reg.setdefault(task, {"adapters": []})
-    slot["adapters"] = [a for a in slot["adapters"] if a["name"] != name] + [entry.to_json()]
-    slot["current"] = name
-    _write_registry(reg)
+    entry = StoredAdapter(task, name, dest, fmt, source or str(src), time.time(), forced=force)
+    with _registry().update() as reg:
+        slot = reg.setdefault(task, {"adapters": []})
+        slot["adapters"] = [a for a in slot.get("adapters", []) if a.get("name") != name] + [entry.to_json()]
+        slot["current"] = name
     return entry
 
 
@@ -160,29 +211,28 @@ def export(task: str, out: str | Path, fmt: str, base_model: str | None = None) 
 
 
 def remove(task: str, name: str) -> None:
-    reg = _read_registry()
-    slot = reg.get(task, {"adapters": []})
-    if not any(a["name"] == name for a in slot["adapters"]):
-        raise EngineError(f"task {task!r} has no adapter named {name!r}")
-    slot["adapters"] = [a for a in slot["adapters"] if a["name"] != name]
-    if slot.get("current") == name:
-        slot["current"] = slot["adapters"][-1]["name"] if slot["adapters"] else None
-    _write_registry(reg)
-    shutil.rmtree(paths.adapters_dir() / task / name, ignore_errors=True)
+    """Unregister an adapter and delete its folder from the store (only ever a folder inside it)."""
+    entry = _find(task, name)
+    with _registry().update() as reg:
+        slot = reg.setdefault(task, {"adapters": []})
+        slot["adapters"] = [a for a in slot.get("adapters", []) if a.get("name") != name]
+        if slot.get("current") == name:
+            slot["current"] = slot["adapters"][-1]["name"] if slot["adapters"] else None
+    task_dir = (paths.adapters_dir() / task).resolve()
+    if entry.path.resolve().parent == task_dir:
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def select(task: str, name: str) -> None:
-    reg = _read_registry()
-    slot = reg.get(task, {"adapters": []})
-    if not any(a["name"] == name for a in slot["adapters"]):
-        raise EngineError(f"task {task!r} has no adapter named {name!r}")
-    slot["current"] = name
-    _write_registry(reg)
+    _find(task, name)
+    with _registry().update() as reg:
+        reg.setdefault(task, {"adapters": []})["current"] = name
 
 
-def load_task_adapters(engine: Engine, tasks: list[str] | None = None) -> dict[str, str]:
+def load_task_adapters(engine: Engine, tasks: list[str] | None = None, force: bool = False) -> dict[str, str]:
     """Add each task's adapter to the engine (named after the task). Returns task -> problem for
-    the tasks whose adapter is missing or does not fit; those tasks run on the base model."""
+    the tasks whose adapter is missing or does not fit; those tasks run on the base model.
+    `force` (or an adapter added with --force) accepts adapters made for another base model."""
     problems = {}
     for task in tasks or task_names():
         try:
@@ -193,8 +243,10 @@ def load_task_adapters(engine: Engine, tasks: list[str] | None = None) -> dict[s
         if folder is None:
             problems[task] = f"no adapter for {task!r} yet (train one: loradesk train --task {task})"
             continue
+        stored = current(task)
+        forced = force or (stored is not None and stored.path == folder and stored.forced)
         try:
-            engine.add_adapter(task, folder)
+            engine.add_adapter(task, folder, force=forced)
         except AdapterError as e:
             problems[task] = str(e)
     return problems

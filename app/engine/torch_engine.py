@@ -20,7 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from app.engine.adapter_format import LoraWeights, check_against_model, fingerprint_of, read_adapter, write_peft
+from app.engine.adapter_format import (
+    LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter, write_peft,
+)
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
 from app.tasks import GenerationSettings
@@ -235,12 +237,18 @@ class TorchEngine(Engine):
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         return dict(self._shapes)
 
-    def add_adapter(self, name: str, folder) -> AdapterInfo:
+    def add_adapter(self, name: str, folder, force: bool = False) -> AdapterInfo:
         info = self.require_model()
         weights = read_adapter(folder)
-        self._check(weights, f"{name!r} ({folder})")
+        where = f"{name!r} ({folder})"
+        self._check(weights, where)
+        warning = check_base_model(weights, info, where, force)
         with self._lock:
-            return self._add(name, Path(folder), weights)
+            added = self._add(name, Path(folder), weights)
+        if warning:
+            log.warning(warning)
+            added.warning = warning
+        return added
 
     def add_weights(self, name: str, weights: LoraWeights, folder: Path | None = None) -> AdapterInfo:
         """Add adapter weights already in memory (e.g. just trained)."""
