@@ -95,6 +95,9 @@ def cmd_ask(args) -> int:
         cancel.set()
         raise
     sys.stdout.write("\n")
+    if last is not None and last.truncated_tokens:
+        print(f"note: the input was {last.truncated_tokens} tokens too long for the model's context; its end was "
+              "cut (the start is kept)", file=sys.stderr)
     if args.stats and last is not None:
         print(f"[{engine.kind} | adapter: {engine.active or 'none'} | prompt {last.prompt_tokens} tok "
               f"{last.prompt_tps:.1f} tok/s | {last.generation_tokens} tok {last.generation_tps:.1f} tok/s | "

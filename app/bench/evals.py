@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app.annotations import count_right
 from app.bench import metrics
+from app.engine.base import truncate  # one rule for over-long inputs: the app's too
 from app.tasks import DatasetSpec, GenerationSettings, get_task
 
 HELLASWAG = DatasetSpec(id="Rowan/hellaswag", fields={}, eval_split="validation")
@@ -122,14 +123,6 @@ def generate(engine, messages, settings: GenerationSettings, cancel=None) -> tup
                      ttft=last.time_to_first_token, peak_memory_gb=last.peak_memory,
                      finish_reason=last.finish_reason)
     return "".join(text), stats
-
-
-def truncate(engine, text: str, max_tokens: int) -> str:
-    """Cut `text` to its first `max_tokens` tokens (long articles; the prompt must fit the model)."""
-    tokens = engine.encode(text)
-    if len(tokens) <= max_tokens:
-        return text
-    return engine.decode(tokens[:max_tokens])
 
 
 @dataclass

@@ -36,6 +36,7 @@ class Chunk:
     peak_memory: float = 0.0  # GB, as mlx-lm reports it
     time_to_first_token: float = 0.0  # seconds from the call to the first generated token
     finish_reason: str | None = None  # None while streaming; then "stop", "length" or "cancelled"
+    truncated_tokens: int = 0  # tokens cut from the end of an over-long input to fit the context
 
 
 @dataclass
@@ -66,6 +67,10 @@ class Engine(ABC):
     """Holds one base model and any number of resident adapters; one (or none) is active."""
 
     kind: str = "?"
+    # Most prompt tokens per forward call during prefill (mlx-lm's default). Calls are sized by
+    # `prefill_spans` to about PREFILL_SECONDS each, so `cancel` (checked between calls) is seen
+    # within a second even on a slow CPU.
+    prefill_step_size: int = 2048
 
     def __init__(self):
         self.model_info: ModelInfo | None = None
@@ -122,8 +127,17 @@ class Engine(ABC):
         """The prompt text for chat messages, by the tokenizer's own chat template."""
 
     @abstractmethod
-    def _stream_tokens(self, prompt: str, settings: GenerationSettings) -> Iterator[tuple[str, dict]]:
-        """Backend token loop: yields (text piece, stats) and finally ("", stats with finish_reason)."""
+    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings,
+                       cancel: threading.Event | None = None) -> Iterator[tuple[str, dict]]:
+        """Backend token loop over prompt token ids that already fit (len(tokens) + max_tokens <=
+        context_length; `stream_generate` sees to it).
+
+        Reads the prompt in forward calls of at most `prefill_step_size` tokens and checks `cancel`
+        before each call, during the prefill and between generated tokens; once it is set, no
+        further forward call runs and the last item is ("", stats with finish_reason "cancelled").
+        Yields (text piece, stats); stats has prompt_tokens, prompt_tps, generation_tokens,
+        generation_tps, peak_memory (GB), and on the last item finish_reason ("stop", "length"
+        or "cancelled")."""
 
     @abstractmethod
     def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
@@ -157,24 +171,22 @@ class Engine(ABC):
     ) -> Iterator[Chunk]:
         """Stream an answer to chat messages (or a raw prompt string).
 
-        Stop strings end the answer (and are not shown); `cancel` is checked between tokens.
+        The prompt keeps `settings.max_tokens` of the context free for the answer: an over-long
+        input is cut to fit (see `fit_prompt`; every chunk says how many tokens were cut). Stop
+        strings end the answer (and are not shown); `cancel` reaches the backend's loop, which
+        checks it between prefill steps and between tokens.
         """
         settings = settings or GenerationSettings()
         self.require_model()
-        prompt = messages if isinstance(messages, str) else self.chat_prompt(messages)
-        n_prompt = len(self.encode(prompt))
-        limit = self.context_length
-        if n_prompt >= limit:
-            raise EngineError(
-                f"the prompt is {n_prompt} tokens; this model reads at most {limit}. Shorten the input."
-            )
+        tokens, truncated = self.fit_prompt(messages, settings.max_tokens)
+        n_prompt = len(tokens)
         start = time.perf_counter()
         first = None
         text = ""  # the full answer so far, to find stop strings that span pieces
         shown = 0  # how much of it has been yielded
         hold = max((len(s) for s in settings.stop), default=0)
         with self._lock:
-            for piece, stats in self._stream_tokens(prompt, settings):
+            for piece, stats in self._stream_tokens(tokens, settings, cancel):
                 if first is None and piece:
                     first = time.perf_counter() - start
                 finish = stats.get("finish_reason")
@@ -195,6 +207,7 @@ class Engine(ABC):
                     peak_memory=stats.get("peak_memory", 0.0),
                     time_to_first_token=first or 0.0,
                     finish_reason=finish,
+                    truncated_tokens=truncated,
                 )
                 shown = upto
                 yield chunk
@@ -203,6 +216,88 @@ class Engine(ABC):
 
     def generate(self, messages, settings=None, cancel=None) -> str:
         return "".join(c.text for c in self.stream_generate(messages, settings, cancel))
+
+    def fit_prompt(self, messages: list[dict] | str, max_tokens: int) -> tuple[list[int], int]:
+        """Prompt token ids for `messages` leaving `max_tokens` of the context for the answer, and
+        how many tokens of the input were cut to make it fit.
+
+        The input is the end of the last user message (every task template ends with {input}); it
+        is cut keeping its start, by `truncate`, the benchmark's own rule for long articles. A raw
+        prompt string is never cut: it is refused when it does not fit.
+        """
+        limit = self.context_length
+        room = limit - max_tokens
+        if room <= 0:
+            raise EngineError(f"an answer of up to {max_tokens} tokens leaves no room for the prompt in this "
+                              f"model's {limit}-token context; ask for fewer tokens (below {limit}).")
+        if isinstance(messages, str):
+            tokens = self.encode(messages)
+            if len(tokens) > room:
+                raise EngineError(f"the prompt is {len(tokens)} tokens; with {max_tokens} kept for the answer this "
+                                  f"model reads at most {room} (context {limit}). Shorten the input.")
+            return tokens, 0
+        tokens = self.encode(self.chat_prompt(messages))
+        if len(tokens) <= room:
+            return tokens, 0
+        last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        content = messages[last]["content"] if last is not None else ""
+        n_input = _count(self, content)
+        keep = n_input - (len(tokens) - room)
+        for _ in range(8):  # tokens can merge across the cut: recount and cut a little more
+            if keep <= 0:
+                break
+            cut = [dict(m) for m in messages]
+            cut[last]["content"] = truncate(self, content, keep)
+            tokens = self.encode(self.chat_prompt(cut))
+            if len(tokens) <= room:
+                return tokens, n_input - keep
+            keep -= len(tokens) - room
+        raise EngineError(f"the prompt does not fit: its instructions alone are about {len(tokens) - n_input} tokens "
+                          f"and {max_tokens} are kept for the answer, in this model's {limit}-token context. "
+                          "Ask for a shorter answer.")
+
+
+PREFILL_SECONDS = 0.25  # target duration of one prefill forward call
+PREFILL_FIRST = 32  # tokens in the first call, before the model's speed is known
+
+
+def prefill_spans(n: int, most: int, seconds: float = PREFILL_SECONDS) -> Iterator[tuple[int, int]]:
+    """(start, end) of each prefill forward call over `n` prompt tokens, at most `most` tokens each.
+
+    The caller runs one call per span before asking for the next; the time between two steps of
+    this generator is that call's duration, and the next span is sized to take about `seconds` at
+    that speed (growing at most 4x a step). A tiny model reads its prompt in a few large calls; a
+    1.5B model on a laptop CPU (100-300 tokens/s) in calls of a few dozen tokens.
+    """
+    lo, size = 0, max(1, min(PREFILL_FIRST, most))
+    while lo < n:
+        hi = min(n, lo + size)
+        t = time.perf_counter()
+        yield lo, hi
+        rate = (hi - lo) / max(time.perf_counter() - t, 1e-6)
+        size = max(1, min(most, 4 * size, int(rate * seconds)))
+        lo = hi
+
+
+def _special_prefix(engine) -> list[int]:
+    """Ids `encode` puts before any text (a BOS token for Llama/Gemma tokenizers; none for Qwen)."""
+    return engine.encode("")
+
+
+def _count(engine, text: str) -> int:
+    return len(engine.encode(text)) - len(_special_prefix(engine))
+
+
+def truncate(engine, text: str, max_tokens: int) -> str:
+    """Cut `text` to its first `max_tokens` tokens, keeping its start: the one rule for over-long
+    inputs, used by the benchmark (long articles) and by `Engine.fit_prompt` (the app and CLI)."""
+    tokens = engine.encode(text)
+    prefix = _special_prefix(engine)
+    if prefix and tokens[: len(prefix)] == prefix:  # the BOS is the prompt's, not the text's
+        tokens = tokens[len(prefix):]
+    if len(tokens) <= max_tokens:
+        return text
+    return engine.decode(tokens[:max_tokens])
 
 
 def _find_stop(text: str, stops, shown: int) -> int | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from app.engine import mlx_thread
 from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, prefill_spans
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
 
@@ -196,25 +196,47 @@ class MLXEngine(Engine):
     def chat_prompt(self, messages: list[dict]) -> str:
         return chat_prompt(self.tokenizer, messages)
 
-    def _stream_tokens(self, prompt: str, settings: GenerationSettings) -> Iterator[tuple[str, dict]]:
-        tokens = self.encode(prompt)
-        return mlx_thread.iterate(lambda: self._mlx_stream(tokens, settings))
+    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None) -> Iterator[tuple[str, dict]]:
+        return mlx_thread.iterate(lambda: self._mlx_stream(tokens, settings, cancel), cancel)
 
-    def _mlx_stream(self, tokens, settings: GenerationSettings):
+    def _mlx_stream(self, tokens: list[int], settings: GenerationSettings, cancel=None):
+        """Runs on the MLX thread. The prompt but its last token goes through the model here, in
+        paced chunks with `cancel` checked before each (mlx-lm's own prefill runs to the end once
+        started); mlx-lm's stream_generate then continues from that cache with the last token."""
         import mlx_lm
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.sample_utils import make_sampler
 
         if settings.seed is not None:
             mx.random.seed(settings.seed)
         sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p)
-        for r in mlx_lm.stream_generate(
-            self.model, self.tokenizer, mx.array(tokens), max_tokens=settings.max_tokens, sampler=sampler
-        ):
+        cache = make_prompt_cache(self.model)
+        start = time.perf_counter()
+        with mx.stream(generation_stream):  # the stream mlx-lm's generate_step then uses
+            for lo, hi in prefill_spans(len(tokens) - 1, self.prefill_step_size):
+                if cancel is not None and cancel.is_set():
+                    yield "", {"prompt_tokens": len(tokens), "prompt_tps": lo / max(time.perf_counter() - start, 1e-9),
+                               "generation_tokens": 0, "generation_tps": 0.0,
+                               "peak_memory": mx.get_peak_memory() / 1e9, "finish_reason": "cancelled"}
+                    return
+                self.model(mx.array(tokens[lo:hi])[None], cache=cache)
+                mx.eval([c.state for c in cache])
+        prefill = time.perf_counter() - start
+        for r in mlx_lm.stream_generate(self.model, self.tokenizer, mx.array(tokens[-1:]), prompt_cache=cache,
+                                        max_tokens=settings.max_tokens, sampler=sampler):
+            # r.prompt_tps covers only the last prompt token: count the whole prompt's time.
+            prompt_tps = len(tokens) / (prefill + r.prompt_tokens / max(r.prompt_tps, 1e-9))
             yield r.text, {
-                "prompt_tokens": r.prompt_tokens, "prompt_tps": r.prompt_tps,
+                "prompt_tokens": len(tokens), "prompt_tps": prompt_tps,
                 "generation_tokens": r.generation_tokens, "generation_tps": r.generation_tps,
                 "peak_memory": r.peak_memory, "finish_reason": r.finish_reason,
             }
+            if r.finish_reason is None and cancel is not None and cancel.is_set():
+                yield "", {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps,
+                           "generation_tokens": r.generation_tokens, "generation_tps": r.generation_tps,
+                           "peak_memory": r.peak_memory, "finish_reason": "cancelled"}
+                return
 
     def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
         self.require_model()
