@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from app.engine.adapter_format import METADATA_FILE, fingerprint_of, read_adapter
+from app.engine.adapter_format import METADATA_FILE, fingerprint_of, read_adapter, weights_digest
 from app.engine.base import EngineError
 from training.callbacks import Callback, Progress
 from training.checkpoints import RunDir, TrainingCancelled, new_run, resumable_runs
@@ -44,21 +44,6 @@ def make_trainer(engine: str, config: TrainConfig, model_path: Path):
     except ImportError as e:
         raise EngineError(f"torch training needs torch, transformers and peft ({e}); use --engine mlx") from None
     return TorchTrainer(config, model_path)
-
-
-def weights_digest(model_path: Path) -> str:
-    """sha256 over each weight file's name, size, first and last MiB: identifies the base weights
-    without reading gigabytes (a full hash of a 3B model takes longer than loading it)."""
-    h = hashlib.sha256()
-    for f in sorted(Path(model_path).glob("*.safetensors")):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
-    return h.hexdigest()
 
 
 def _resolve(config: TrainConfig) -> tuple[str, str, Path]:
