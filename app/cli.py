@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "training.cli",      # train, data preview
     "app.ui.cli",        # gui
     "app.selftest",      # self-test
+    "app.serve.cli",     # serve (OpenAI-compatible API)
 )
 
 
