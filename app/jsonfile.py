@@ -26,6 +26,11 @@ from app.engine.base import EngineError
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30.0  # seconds; writers hold the lock for milliseconds
 
+class SaveError(EngineError, OSError):
+    """The file could not be written (e.g. the disk is full); the old content is unchanged.
+    An OSError too, so callers that already guard their writes with `except OSError` keep working."""
+
+
 _notices: list[str] = []
 _notices_lock = threading.Lock()
 
@@ -119,5 +124,5 @@ class JsonFile:
         except OSError as e:
             Path(tmp).unlink(missing_ok=True)
             why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
-            raise EngineError(f"could not save {self.what} ({self.path}): {why}; it is unchanged. "
+            raise SaveError(f"could not save {self.what} ({self.path}): {why}; it is unchanged. "
                               "Free some space and try again.") from None

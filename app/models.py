@@ -6,6 +6,7 @@ progress). Offline with no local copy, the error says how to use a local folder 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,27 @@ def check_model_folder(folder: Path) -> None:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
             raise EngineError(f"{folder} holds only pickle weights (.bin); convert them to safetensors first")
         raise EngineError(f"{folder} has no *.safetensors weights")
+    for f in sorted(folder.glob("*.safetensors")):
+        _check_complete(f)
+
+
+def _check_complete(f: Path) -> None:
+    """A safetensors file holds a JSON header (length-prefixed) whose offsets say how long the file
+    must be: a shorter one is an interrupted download, caught here before an engine's own error."""
+    import struct
+
+    size = f.stat().st_size
+    try:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
+        need = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        need = None
+    if need is None or size < need:
+        have = f"{size} of {need} bytes" if need else "its header is unreadable"
+        raise EngineError(f"{f} is truncated or damaged ({have}): the download was interrupted or the file was "
+                          "cut. Download it again (loradesk fetches only what is missing) or copy it anew.")
 
 
 def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | None = None,

@@ -9,6 +9,7 @@ folders when damaged). Every name passes app.names.check_name before it becomes 
 """
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
@@ -166,16 +167,35 @@ def add(task: str, folder: str | Path, name: str | None = None, source: str | No
     if src != dst:
         if src in dst.parents or dst in src.parents:
             raise AdapterError(f"{folder} and the store folder {dest} contain one another; add a copy from elsewhere")
-        tmp, commit = _atomic_folder(dest)
-        shutil.rmtree(tmp)
-        (shutil.move if move else shutil.copytree)(str(folder), str(tmp))
-        commit()
+        _place(folder, dest, move)
     entry = StoredAdapter(task, name, dest, fmt, source or str(src), time.time(), forced=force)
     with _registry().update() as reg:
         slot = reg.setdefault(task, {"adapters": []})
         slot["adapters"] = [a for a in slot.get("adapters", []) if a.get("name") != name] + [entry.to_json()]
         slot["current"] = name
     return entry
+
+
+def _place(folder: Path, dest: Path, move: bool) -> None:
+    """Copy (or move) `folder` to `dest` through a temp folder: a failed copy (disk full) leaves
+    nothing behind and an existing `dest` untouched."""
+    tmp, commit = _atomic_folder(dest)
+    shutil.rmtree(tmp)
+    try:
+        (shutil.move if move else shutil.copytree)(str(folder), str(tmp))
+        commit()
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AdapterError(f"could not copy {folder} into the store ({dest.parent}): {_why(e)}; nothing was "
+                           "changed. Free some space and try again.") from None
+
+
+def _why(e: OSError) -> str:
+    # copytree gathers each file's error into one shutil.Error: [(src, dst, "[Errno 28] ..."), ...]
+    errors = e.args[0] if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) else []
+    if e.errno == errno.ENOSPC or any(f"[Errno {errno.ENOSPC}]" in str(x[-1]) for x in errors):
+        return "the disk is full"
+    return str(errors[0][-1]) if errors else str(e)
 
 
 EXPORT_FORMATS = ("peft", "mlx")
