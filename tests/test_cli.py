@@ -46,3 +46,21 @@ def test_bad_option_and_empty_input(tiny_qwen, capsys):
     assert "length must be one of" in capsys.readouterr().err
     assert main(["ask", "--model", str(tiny_qwen), "--task", "math", "  "]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_ask_cuts_a_long_input_and_says_so(tiny_qwen, tmp_path, capsys):
+    import json
+    import shutil
+
+    small = tmp_path / "qwen2-256"
+    shutil.copytree(tiny_qwen, small)
+    cfg = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 256}))
+    article = " ".join(f"Sentence {i} about the harbour." for i in range(300))
+    for engine in ("mlx", "torch"):
+        assert main(["ask", "--engine", engine, "--model", str(small), "--task", "summarize", "--max-tokens", "8",
+                     "--stats", article]) == 0
+        err = capsys.readouterr().err
+        assert "tokens too long for the model's context; its end was cut" in err, err
+        prompt = int(err.split("prompt ")[1].split(" tok")[0])
+        assert prompt + 8 <= 256

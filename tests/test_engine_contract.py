@@ -146,3 +146,24 @@ def test_prefill_calls_are_paced_to_a_fraction_of_a_second():
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # every token once, in order
     assert PREFILL_SECONDS <= 0.25 and max(durations) < 0.6  # a Stop waits for at most one call
     assert max(hi - lo for lo, hi in spans) > 32  # and it grows past the first guess
+
+
+@pytest.mark.parametrize("kind", ["mlx", "torch"])
+def test_unload_gives_the_model_back(kind, tiny_models, tiny_adapters):
+    import gc
+    import weakref
+
+    e = create_engine(kind)
+    e.load(tiny_models["qwen2"])
+    e.add_adapter("math", tiny_adapters["qwen2"]["math"])
+    e.activate("math")
+    e.generate(MSGS, GREEDY)
+    model = weakref.ref(e.model)
+    e.unload()
+    gc.collect()
+    assert model() is None, "something still holds the unloaded model"
+    assert e.model_info is None and e.adapters == {} and e.active is None
+    with pytest.raises(EngineError, match="no model is loaded"):
+        e.generate(MSGS, GREEDY)
+    e.load(tiny_models["llama"])  # the same engine loads again
+    assert e.generate(MSGS, GREEDY)

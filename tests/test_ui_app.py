@@ -131,7 +131,9 @@ def test_switching_tab_moves_the_active_adapter(qtbot, window):
         qtbot.waitUntil(lambda: engine.active == name, timeout=5000)
     # Panels do not change the adapter; the "No adapter" toggle does.
     window.tabs.setCurrentWidget(window.models_panel)
-    qtbot.wait(50)
+    # Any job the panel queued runs before this no-op one: then nothing has changed the adapter.
+    marker = window.host.submit(lambda: None)
+    qtbot.waitUntil(marker.done.is_set, timeout=5000)
     assert engine.active == "summarize"
     window.tabs.setCurrentWidget(window.task_tabs["code"])
     window.task_tabs["code"].no_adapter.setChecked(True)
@@ -228,15 +230,73 @@ def test_corrupt_adapter_is_reported_and_the_app_keeps_working(qtbot, tiny_qwen,
     win.close()
 
 
-def test_too_long_input_is_a_message(qtbot, window):
+def test_too_long_input_is_cut_and_the_status_says_so(qtbot, window):
     tab = window.task_tabs["paraphrase"]
     window.tabs.setCurrentWidget(tab)
-    tab.input.setPlainText("word " * 5000)
-    assert generate(qtbot, tab) == "error"
-    assert tab.message.isVisible() and "Shorten the input" in tab.message.text()
+    tab.input.setPlainText("word " * 5000)  # about 5000 tokens; the tiny model reads 2048
+    assert generate(qtbot, tab) in ("stop", "length")
+    c = tab.last_chunk
+    assert c.truncated_tokens > 2000 and c.prompt_tokens + tab.task.generation.max_tokens <= 2048
+    assert f"its last {c.truncated_tokens} tokens were cut to fit the context" in tab.status.text()
+    assert not tab.message.isVisible() and tab.texts[0]
     tab.input.setPlainText("A short sentence.")
     assert generate(qtbot, tab) in ("stop", "length")
-    assert not tab.message.isVisible()
+    assert tab.last_chunk.truncated_tokens == 0 and "were cut" not in tab.status.text()
+
+
+def test_changing_model_drops_the_old_one_first(qtbot, window, tiny_models):
+    import gc
+    import weakref
+
+    host = window.host
+    old = host.engine
+    old_model = weakref.ref(old.model)
+    events = []
+    host.model_unloaded.connect(lambda: events.append(("unloaded", old_model() is None)))
+    host.model_loaded.connect(lambda info: events.append(("loaded", info.model_type)))
+    window.load_model(str(tiny_models["llama"]), "mlx")
+    assert window.model_status.text() == "Loading llama…"  # one message, the permanent label
+    assert window.statusBar().currentMessage() == ""
+    qtbot.waitUntil(lambda: len(events) == 2, timeout=LOAD_MS)
+    # The old model was gone (no reference left to it) before the new one was loaded.
+    assert events == [("unloaded", True), ("loaded", "llama")]
+    assert old.model_info is None and old.adapters == {}
+    gc.collect()
+    assert old_model() is None
+    assert host.engine is not old and host.engine.model_info.model_type == "llama"
+    assert window.model_status.text() == host.model_label() and "llama" in window.model_status.text()
+    tab = window.task_tabs["math"]
+    window.tabs.setCurrentWidget(tab)
+    assert generate(qtbot, tab) in ("stop", "length")
+
+
+def test_a_model_that_will_not_fit_in_memory_is_refused_and_the_old_one_stays(qtbot, window, tiny_models):
+    host = window.host
+    engine = host.engine
+    host.memory_factor = 1e7  # the tiny model (a few MB) as if it needed tens of TB
+    with qtbot.waitSignal(host.model_failed, timeout=LOAD_MS) as failed:
+        window.load_model(str(tiny_models["llama"]), "mlx")
+    message = failed.args[0]
+    assert "will not fit in memory" in message and "The current model stays loaded" in message
+    assert "Could not load the model" in window.banner.text() and window.banner.isVisible()
+    assert host.engine is engine and engine.model_info.model_type == "qwen2" and not host.loading
+    assert window.model_status.text() == host.model_label()
+    tab = window.task_tabs["code"]
+    window.tabs.setCurrentWidget(tab)
+    assert generate(qtbot, tab) in ("stop", "length") and tab.adapter_used == "code"
+
+
+def test_memory_check_counts_the_memory_the_old_model_gives_back():
+    from app.ui.engine_host import memory_check
+
+    gb = 10**9
+    assert memory_check("m", 4 * gb, 0, factor=1.25, available=5 * gb) is None
+    refused = memory_check("m", 4 * gb, 0, factor=1.25, available=4 * gb)
+    assert "needs about 5.0 GB (4.0 GB of weights) and 4.0 GB is available" in refused
+    assert "stays loaded" not in refused  # nothing is loaded to stay
+    assert memory_check("m", 4 * gb, 2 * gb, factor=1.25, available=3 * gb) is None  # 3 + 2 given back
+    assert "once the current model is dropped. The current model stays loaded" in memory_check(
+        "m", 4 * gb, 1 * gb, factor=1.25, available=3 * gb)
 
 
 def test_offline_first_run_says_how_to_use_a_local_folder(qtbot, tiny_qwen):

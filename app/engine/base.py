@@ -6,6 +6,7 @@ this interface; mlx and torch are imported inside the engine modules alone.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -83,6 +84,19 @@ class Engine(ABC):
     @abstractmethod
     def load(self, model_ref: str | Path) -> ModelInfo:
         """Load a base model (hub repo id or local folder), dropping any adapters."""
+
+    def unload(self) -> None:
+        """Drop the model and every adapter and give their memory back, e.g. before loading another
+        model (the app does, so two models never share memory at the peak). The engine is then
+        empty: `require_model` fails until the next `load`."""
+        with self._lock:  # after a running generation
+            self.model_info, self.active = None, None
+            self.adapters.clear()
+            self._free()
+
+    def _free(self) -> None:
+        """Drop the backend's model objects and return their memory (gc, allocator caches)."""
+        gc.collect()
 
     @abstractmethod
     def add_adapter(self, name: str, folder: str | Path, force: bool = False) -> AdapterInfo:

@@ -121,6 +121,18 @@ class MLXEngine(Engine):
         self.active = None
         return self.model_info
 
+    def _free(self) -> None:
+        def drop():  # MLX arrays are freed on the MLX thread, which owns them
+            import gc
+
+            self.model = self.tokenizer = None
+            self._wrapped.clear()
+            self._linears = {}
+            gc.collect()
+            mx.clear_cache()
+
+        mlx_thread.call(drop)
+
     # -- adapters -----------------------------------------------------------------------
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         return {name: _in_out(m) for name, m in self._linears.items()}

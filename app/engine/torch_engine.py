@@ -9,6 +9,7 @@ and `cancel` is checked before every forward call.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -221,6 +222,15 @@ class TorchEngine(Engine):
         )
         self.active = None
         return self.model_info
+
+    def _free(self) -> None:
+        self.model = self.peft_model = self.tokenizer = None
+        self._shared, self._shapes = SharedActive(), {}
+        gc.collect()  # PEFT's layers and the KV caches hold reference cycles
+        if self.device_name.startswith("cuda"):
+            torch.cuda.empty_cache()
+        elif self.device_name == "mps":
+            torch.mps.empty_cache()
 
     def _bnb_config(self, dtype):
         if not self.device_name.startswith("cuda"):

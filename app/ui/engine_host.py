@@ -37,6 +37,34 @@ def generation_job(engine, adapter: str | None, runs: list[Run], cancel: threadi
             return
 
 
+# Memory a model needs beyond its weights on disk: the KV cache, activations and the loader's
+# buffers. A bf16 1.5B model (3.1 GB of safetensors) peaked at about 1.2x that in the torch engine.
+MEMORY_FACTOR = 1.3
+
+
+def memory_check(ref: str, model_bytes: int, held_bytes: int, factor: float = MEMORY_FACTOR,
+                 available: int | None = None) -> str | None:
+    """Why the model (its weights on disk) will not fit in memory, or None when it will.
+    `held_bytes` is the current model's memory, given back before the new one loads."""
+    import psutil
+
+    free = (psutil.virtual_memory().available if available is None else available) + held_bytes
+    need = int(model_bytes * factor)
+    if need <= free:
+        return None
+    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+    kept = " The current model stays loaded." if held_bytes else ""
+    return (f"{ref} will not fit in memory: it needs about {gb(need)} ({gb(model_bytes)} of weights) and "
+            f"{gb(free)} is available{' once the current model is dropped' if held_bytes else ''}.{kept} "
+            "Close other programs or choose a smaller model.")
+
+
+def model_bytes_on_disk(ref: str, kind: str) -> int:
+    from app.models import resolve_model
+
+    return sum(f.stat().st_size for f in Path(resolve_model(ref, engine=kind)).glob("*.safetensors"))
+
+
 def model_is_local(ref: str) -> bool:
     """Whether `ref` can be loaded without downloading (folder, registered name, finished download)."""
     from app.models import local_repo_folder, registered_models
@@ -48,8 +76,9 @@ def model_is_local(ref: str) -> bool:
 
 class EngineHost(QObject):
     model_loading = Signal(str)  # model ref
+    model_unloaded = Signal()  # the previous model was dropped (its memory given back) for a new one
     model_loaded = Signal(object)  # ModelInfo
-    model_failed = Signal(str)  # message
+    model_failed = Signal(str)  # message; `engine` is the previous model when it is still loaded
     adapters_changed = Signal()  # engine adapters or problems changed
     active_changed = Signal(object)  # adapter name or None
     error = Signal(str)  # a failed engine job, as a message for the window
@@ -62,6 +91,8 @@ class EngineHost(QObject):
         self.pool = serial_pool()
         self._generation: Worker | None = None
         self.loading = False
+        self.memory_factor = MEMORY_FACTOR
+        self.model_unloaded.connect(self._unloaded)  # emitted on the engine thread, run here
 
     # -- jobs -------------------------------------------------------------------------------
     def submit(self, fn, *args, _connect: dict | None = None, **kwargs) -> Worker:
@@ -85,15 +116,27 @@ class EngineHost(QObject):
 
     # -- model --------------------------------------------------------------------------------
     def load(self, ref: str, kind: str) -> Worker:
-        """Load a (local) model and every task adapter, replacing the current engine."""
+        """Load a (local) model and every task adapter, replacing the current engine.
+
+        The current model is dropped first, so the two never share memory at the peak; when the
+        new one will not fit in the memory available (with the current one's given back), the
+        load is refused with a message and the current model stays."""
         self.cancel_generation()
         self.loading = True
         self.model_loading.emit(str(ref))
+        old, factor = self.engine, self.memory_factor
 
         def job():
-            from app.engine import create_engine
+            from app.engine import EngineError, create_engine
             from app.engine.store import load_task_adapters
 
+            held = old.memory_bytes() if old is not None and old.model_info is not None else 0
+            problem = memory_check(str(ref), model_bytes_on_disk(ref, kind), held, factor)
+            if problem:
+                raise EngineError(problem)
+            if old is not None:
+                old.unload()
+                self.model_unloaded.emit()
             engine = create_engine(kind)
             engine.load(ref)
             problems = load_task_adapters(engine)
@@ -102,16 +145,23 @@ class EngineHost(QObject):
         return self.submit(job, _connect={"returned": lambda res: self._loaded(kind, *res),
                                           "errored": self._load_failed})
 
+    def _unloaded(self) -> None:
+        if self.engine is not None and self.engine.model_info is None:
+            self.engine, self.problems = None, {}
+            self.adapters_changed.emit()
+
     def _loaded(self, kind, engine, problems) -> None:
-        old, self.engine, self.kind, self.problems = self.engine, engine, kind, problems
+        self.engine, self.kind, self.problems = engine, kind, problems
         self.loading = False
-        del old  # the previous model's memory goes with its engine
         self.model_loaded.emit(engine.model_info)
         self.adapters_changed.emit()
         self.active_changed.emit(engine.active)
 
     def _load_failed(self, e: Exception) -> None:
         self.loading = False
+        if self.engine is not None and self.engine.model_info is None:  # dropped before the failure
+            self.engine, self.problems = None, {}
+            self.adapters_changed.emit()
         self.model_failed.emit(str(e))
 
     def model_label(self) -> str:

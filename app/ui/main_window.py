@@ -16,6 +16,14 @@ from app.ui.task_tab import TaskTab, make_tab
 log = logging.getLogger(__name__)
 
 
+def _short(ref: str) -> str:
+    """A model ref as the status bar shows it: a folder by its name, a repo id as it is."""
+    from pathlib import Path
+
+    path = Path(str(ref)).expanduser()
+    return path.name if path.is_absolute() or path.exists() else str(ref)
+
+
 class MainWindow(QMainWindow):
     def __init__(self, model: str | None = None, engine: str | None = None, parent=None):
         super().__init__(parent)
@@ -95,13 +103,15 @@ class MainWindow(QMainWindow):
         self.host.load(ref, kind)
 
     # -- engine events ------------------------------------------------------------------------
+    # The status bar has one message about the model: the permanent label on its right. (A
+    # temporary message beside it drew a second long "Loading …" over the first.)
     def _model_loading(self, ref: str) -> None:
         self.show_error("")
-        self.model_status.setText(f"loading {ref}…")
-        self.statusBar().showMessage(f"Loading {ref}…")
+        self.model_status.setText(f"Loading {_short(ref)}…")
+        self.model_status.setToolTip(str(ref))
 
     def _model_loaded(self, info) -> None:
-        self.statusBar().showMessage(f"Loaded {info.path}", 5000)
+        self.model_status.setToolTip(str(info.path))
         self.settings[f"model.{self.host.kind}"] = str(info.ref)
         self._persist_settings()
         problems = self.host.problems
@@ -116,13 +126,15 @@ class MainWindow(QMainWindow):
         self._refresh_status()
 
     def _model_failed(self, message: str) -> None:
-        self.model_status.setText("no model")
+        self.model_status.setText(self.host.model_label())  # the previous model, when it stayed
+        self.model_status.setToolTip("")
         self.show_error(f"Could not load the model: {message}")
         self.tabs.setCurrentWidget(self.models_panel)
         self.models_panel.show_message(message, error=True)
 
     def _refresh_status(self) -> None:
-        self.model_status.setText(self.host.model_label())
+        if not self.host.loading:  # else it says "Loading …" until the load ends
+            self.model_status.setText(self.host.model_label())
         for tab in self.task_tabs.values():
             if not tab.busy:
                 tab.update_status()

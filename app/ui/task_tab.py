@@ -154,7 +154,7 @@ class TaskTab(QWidget):
         if self.busy:
             return
         self.show_message("")
-        if self.host.engine is None:
+        if self.host.engine is None or self.host.loading:
             why = "the model is still loading" if self.host.loading else "no model is loaded"
             self.show_message(f"Cannot generate: {why}. Choose a model under Models & adapters.")
             return
@@ -234,6 +234,8 @@ class TaskTab(QWidget):
             if c.time_to_first_token:
                 parts.append(f"first token {c.time_to_first_token:.2f} s")
             parts.append(f"{c.generation_tokens} tokens")
+            if c.truncated_tokens:
+                parts.append(f"input too long: its last {c.truncated_tokens} tokens were cut to fit the context")
         if self.busy:
             parts.append(f"generating… {time.perf_counter() - self._started:.1f} s")
         elif self.finish_reason:

@@ -82,6 +82,9 @@ class Worker(QRunnable):
         except Exception as e:  # noqa: BLE001 - handed to the GUI as a message
             self.signals.errored.emit(e)
         finally:
+            # Drop the job and its arguments: a finished worker kept by a widget must not keep an
+            # engine (and its model's memory) alive.
+            self._func = self._args = self._kwargs = None
             self.done.set()
             self.signals.finished.emit()
 
