@@ -15,6 +15,9 @@ def register(sub, common):
         register_speed = None
     if register_speed is not None:
         register_speed(bsub, common)
+    from app.bench.serve_bench import register_serve
+
+    register_serve(bsub, common)
 
     from app.bench.evals import EVALS
     from app.bench.quality import CONFIGS
