@@ -144,7 +144,10 @@ def check_jobs(log) -> None:
     log(f"  jobs: a spawned process (pid {pid}) reported and returned")
 
 
-def check_gui(root: Path, log) -> None:
+GUI_TIMEOUT = 180  # seconds: generous, a slow CI machine loads the tiny model in well under that
+
+
+def check_gui(root: Path, log, engine: str | None = None) -> None:
     """The app as a user starts it: Qt loads its platform plugin, the main window opens and loads a
     tiny model (QT_QPA_PLATFORM=offscreen when there is no display). A child process with its own
     LORADESK_HOME, so the user's settings and this process's state are not touched."""
@@ -157,14 +160,19 @@ def check_gui(root: Path, log) -> None:
     # In a bundle the executable is the app; otherwise run this package's entry point.
     cmd = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "app"]
     shot = root / "window.png"
-    cmd += ["gui", "--model", str(model), "--quit-after", "4", "--screenshot", str(shot)]
+    # The app quits once the model has loaded (or failed); GUI_TIMEOUT only bounds a hung start.
+    cmd += ["gui", "--model", str(model), "--quit-after", str(GUI_TIMEOUT), "--screenshot", str(shot)]
+    cmd += ["--engine", engine] if engine else []
     env = {**os.environ, "LORADESK_HOME": str(root / "home"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2 * GUI_TIMEOUT + 60,
                           cwd=None if getattr(sys, "frozen", False) else Path(__file__).resolve().parent.parent)
     shown = [line for line in proc.stdout.splitlines() if line.startswith("gui: ")]
-    if proc.returncode != 0 or not any(" loaded " in line for line in shown):
+    loaded = next((i for i, line in enumerate(shown) if " loaded " in line), None)
+    if proc.returncode != 0 or loaded is None:
         raise AssertionError(f"the window did not load the tiny model (exit {proc.returncode}): "
                              f"{' | '.join(shown) or proc.stderr.strip()[-500:]}")
+    if not any("screenshot saved" in line for line in shown[loaded:]):
+        raise AssertionError(f"the screenshot was not taken after the model loaded: {' | '.join(shown)}")
     head = shot.read_bytes()[:24] if shot.exists() else b""
     width, height = (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) if len(head) == 24 else (0, 0)
     if not head.startswith(b"\x89PNG") or width < 200 or height < 200:  # the PNG header's size: a real window
@@ -191,7 +199,7 @@ def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
                ("sandbox", lambda root, log: check_sandbox(log)),
                ("jobs", lambda root, log: check_jobs(log))]
     if gui:
-        checks.append(("gui", check_gui))
+        checks.append(("gui", functools.partial(check_gui, engine=engines[0])))  # one that reads the tiny HF model
     ok = True
     home = os.environ.get("LORADESK_HOME")
     with tempfile.TemporaryDirectory(prefix="loradesk-selftest-home-") as tmp_home:

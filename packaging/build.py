@@ -78,9 +78,10 @@ def check(exe: Path, shot: Path) -> bool:
         print(out.rstrip())
         print(f"bundle self-test --gui: exit {rc} in {secs:.1f} s")
         ok &= rc == 0
-        rc, out, secs = run_bundle(exe, ["gui", "--quit-after", "5", "--screenshot", str(shot)], home, 300)
+        # --quit-after is a timeout: with no model to load the window settles and quits at once.
+        rc, out, secs = run_bundle(exe, ["gui", "--quit-after", "120", "--screenshot", str(shot)], home, 300)
         print(out.rstrip())
-        print(f"bundle gui (no model on this machine) ran 5 s and quit: exit {rc} in {secs:.1f} s; window: {shot}")
+        print(f"bundle gui (no model on this machine) opened and quit: exit {rc} in {secs:.1f} s; window: {shot}")
         # No model here: the window opens on the model manager (offline message), which is not a failure.
         ok &= "gui: window shown" in out and "Traceback" not in out and shot.exists()
     return ok

@@ -38,8 +38,11 @@ def test_gui_check_opens_the_window_and_loads_a_tiny_model(tmp_path, monkeypatch
 
     monkeypatch.setenv("LORADESK_HOME", str(tmp_path / "user-home"))
     lines = []
-    check_gui(tmp_path, lines.append)
+    check_gui(tmp_path, lines.append, engine="mlx")
     assert lines[-1] == "  gui: main window opened and loaded the tiny model"
+    # It quit because the model had loaded, and took the screenshot after that, not at a fixed time.
+    events = [line.split()[1] for line in lines[:-1]]
+    assert events.index("model") < events.index("screenshot") < events.index("closed")
     assert any("window shown" in line for line in lines) and any("loaded" in line for line in lines[:-1])
     # it ran in its own home: the user's settings were not touched
     assert not (tmp_path / "user-home" / "settings.json").exists()
@@ -59,7 +62,7 @@ def test_gui_check_fails_when_the_model_does_not_load(tmp_path, monkeypatch):
 
     monkeypatch.setattr("app.tiny.build_tiny_model", broken_model)
     with pytest.raises(AssertionError, match="did not load the tiny model"):
-        selftest.check_gui(tmp_path, lambda line: None)
+        selftest.check_gui(tmp_path, lambda line: None, engine="mlx")
 
 
 def test_entry_point_runs_python_source_like_python_c():
@@ -132,3 +135,22 @@ def test_self_test_jobs_check_runs_a_spawned_process():
     lines = []
     check_jobs(lines.append)
     assert lines[0].startswith("  jobs: a spawned process (pid ") and f"(pid {os.getpid()})" not in lines[0]
+
+
+def test_gui_quit_after_settles_at_once_when_no_model_is_on_the_machine(tmp_path):
+    """The plain app on a fresh machine (the bundle check): nothing to load, so it quits right
+    away with its screenshot instead of waiting out the timeout."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    shot = tmp_path / "window.png"
+    env = {**os.environ, "LORADESK_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "QT_QPA_PLATFORM": "offscreen"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "app", "gui", "--engine", "mlx", "--model", "someorg/not-here",
+                           "--quit-after", "600", "--screenshot", str(shot)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gui: no model on this machine to load" in proc.stdout and shot.exists()
+    assert time.monotonic() - t0 < 300  # not the 600 s timeout

@@ -161,8 +161,10 @@ def _since_process_start() -> float:
 
 def run(model: str | None = None, engine: str | None = None, argv: list[str] | None = None,
         quit_after: float | None = None, screenshot: str | None = None) -> int:
-    """Start the app. `quit_after` (seconds after the window shows) is for smoke tests: the app prints
-    when the window showed and whether the model loaded, then quits; exit 1 if the model failed."""
+    """Start the app. `quit_after` is for smoke tests: the app prints when the window showed and
+    whether the model loaded, then quits once the model has loaded or failed (or there is none on
+    this machine to load), `quit_after` seconds after the window showed at the latest; exit 1 if
+    the model failed or did not load in that time."""
     from app.session import choose_engine
 
     setup_logging()
@@ -190,30 +192,52 @@ def run(model: str | None = None, engine: str | None = None, argv: list[str] | N
     return _smoke(app, window, quit_after, screenshot)
 
 
-def _smoke(app: QApplication, window, seconds: float, screenshot: str | None = None) -> int:
+def _smoke(app: QApplication, window, timeout: float, screenshot: str | None = None) -> int:
+    """Run until the window has settled (model loaded or failed, or none to load), then take the
+    screenshot and quit; `timeout` seconds after the window showed at the latest. It waits for the
+    event, not for a time: a slow machine only takes longer."""
     print(f"gui: window shown {_since_process_start():.2f} s after the process started", flush=True)
-    state = {"failed": None}
+    state = {"failed": None, "settled": False, "closed": False, "timed_out": False}
 
     def loaded(info) -> None:
         print(f"gui: model {info.ref} loaded {_since_process_start():.2f} s after the process started", flush=True)
+        settle()
 
     def failed(message: str) -> None:
         state["failed"] = message
         print(f"gui: model failed to load: {message}", flush=True)
+        settle()
 
-    window.host.model_loaded.connect(loaded)
-    window.host.model_failed.connect(failed)
+    def first_look() -> None:  # runs after window.start: did it start a load?
+        if not window.host.loading and window.host.engine is None:
+            print("gui: no model on this machine to load (the window offers a download)", flush=True)
+            settle()
+
+    def settle() -> None:
+        if not state["settled"]:
+            state["settled"] = True
+            QTimer.singleShot(0, finish)  # after the updates the load queued, so the screenshot shows them
+
+    def too_late() -> None:
+        if not state["settled"]:
+            state["timed_out"] = True
+            print(f"gui: the model did not load within {timeout:g} s of the window showing", flush=True)
+            finish()
 
     def finish() -> None:
+        if state["closed"]:
+            return
+        state["closed"] = True
         if screenshot:
             ok = window.grab().save(screenshot)
             print(f"gui: screenshot {'saved to ' + screenshot if ok else 'could not be saved to ' + screenshot}", flush=True)
         window.close()
         app.quit()
 
-    # One timer for all of it: Qt's coarse timers (its default above 2 s) may fire up to 5% early,
-    # so separate screenshot and close timers could run in either order.
-    QTimer.singleShot(int(seconds * 1000), finish)
+    window.host.model_loaded.connect(loaded)
+    window.host.model_failed.connect(failed)
+    QTimer.singleShot(0, first_look)  # queued after window.start's zero timer
+    QTimer.singleShot(int(timeout * 1000), too_late)
     rc = app.exec()
     print(f"gui: closed {_since_process_start():.2f} s after the process started (exit {rc})", flush=True)
-    return 1 if rc or state["failed"] else 0
+    return 1 if rc or state["failed"] or state["timed_out"] else 0
