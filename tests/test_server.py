@@ -285,3 +285,51 @@ def test_serve_cli_refuses_public_host_without_key(capsys, monkeypatch):
     monkeypatch.delenv("LORADESK_API_KEY", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "API key" in capsys.readouterr().err
+
+
+def test_app_menu_serves_through_the_apps_engine_thread(qtbot, served, tiny_qwen):
+    """File > Serve on localhost: API requests queue on the app's engine thread behind the app's
+    own answer; neither answer is touched by the other's adapter; the status bar counts requests."""
+    pytest.importorskip("pytestqt")
+    from app.session import load_settings, save_settings
+    from app.ui.engine_host import Run
+    from app.ui.main_window import MainWindow
+
+    save_settings({**load_settings(), "serve_port": 0})  # a free port: 8000 may be taken here
+    win = MainWindow(model=str(tiny_qwen), engine="torch")
+    qtbot.addWidget(win)
+    win.start()
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=60_000)
+    try:
+        win.serve.action.trigger()
+        assert win.serve.action.isChecked() and win.serve.url.startswith("http://127.0.0.1:")
+        client = openai.OpenAI(base_url=win.serve.url, api_key="x", max_retries=0, timeout=60)
+        alone_api = chat(client, "code", TEXT, max_tokens=6)
+        assert alone_api == chat(served["client"], "code", TEXT, max_tokens=6)  # same model, same answer
+
+        task = get_task("math")
+        run = Run(task.messages(TEXT), task.generation.replace(max_tokens=300))
+        app_alone = engine_answer(served, "math", run.messages, run.settings)
+        pieces, api_answer = [], {}
+        worker = win.host.generate("math", [run], connect={"yielded": lambda v: pieces.append(v[1].text)})
+        qtbot.waitUntil(lambda: len(pieces) >= 2, timeout=30_000)  # the app's answer is under way
+        t = threading.Thread(target=lambda: api_answer.setdefault("v", chat(client, "code", TEXT, max_tokens=6)))
+        t.start()
+        qtbot.waitUntil(lambda: worker.done.is_set() and not t.is_alive(), timeout=60_000)
+        assert "".join(pieces) == app_alone and api_answer["v"] == alone_api
+        qtbot.waitUntil(lambda: "2 requests" in win.serve.label.text(), timeout=5000)
+        assert not win.serve.label.isHidden() and win.serve.url in win.serve.label.text()
+        url = win.serve.url
+        win.serve.action.trigger()  # off
+        assert not win.serve.action.isChecked() and win.serve.server is None
+        qtbot.waitUntil(lambda: _refused(url), timeout=10_000)
+    finally:
+        win.close()
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(url + "/models", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False

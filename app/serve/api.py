@@ -412,31 +412,38 @@ async def _collect(it) -> list:
 
 
 async def _until_disconnect(request: Request, ticket, awaitable):
-    """Await `awaitable`, or return None if the client disconnects first (its job is cancelled).
+    """Await `awaitable`, or return None if the client disconnects first (its job is cancelled,
+    as it is when this handler itself is cancelled, e.g. at shutdown).
     The request body has been read, so the next ASGI message can only be the disconnect."""
     work = asyncio.ensure_future(awaitable)
     watch = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            try:
-                return work.result()
-            except StopAsyncIteration:
-                raise ApiError(500, "the engine ended the answer without any output", "server_error") from None
-            except (EngineError, ValueError) as e:  # the engine's message says what to change
-                raise ApiError(400, str(e), code="engine_error") from None
+    except BaseException:
         ticket.cancel.set()
-        work.cancel()
-        try:  # let the iterator unwind before anyone closes it
-            await work
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
-            pass
-        return None
-    finally:
-        watch.cancel()
+        await _settle(work, watch)
+        raise
+    if work in done:
+        await _settle(watch)
         try:
-            await watch
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            return work.result()
+        except StopAsyncIteration:
+            raise ApiError(500, "the engine ended the answer without any output", "server_error") from None
+        except (EngineError, ValueError) as e:  # the engine's message says what to change
+            raise ApiError(400, str(e), code="engine_error") from None
+    ticket.cancel.set()
+    await _settle(work)  # let the iterator unwind before anyone closes it
+    return None
+
+
+async def _settle(*tasks) -> None:
+    """Cancel `tasks` and wait until they have ended."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        try:
+            await t
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - they were cancelled on purpose
             pass
 
 

@@ -69,6 +69,10 @@ class MainWindow(QMainWindow):
 
         self.model_status = QLabel("no model")
         self.statusBar().addPermanentWidget(self.model_status)
+        from app.ui.serve_action import ServeController
+
+        self.serve = ServeController(self, self.host)  # File > Serve on localhost, address + count
+        self.statusBar().addPermanentWidget(self.serve.label)
         self._build_menus()
 
         self.host.model_loading.connect(self._model_loading)
@@ -178,6 +182,7 @@ class MainWindow(QMainWindow):
         act = QAction("Models && adapters…", self)
         act.triggered.connect(lambda: self.tabs.setCurrentWidget(self.models_panel))
         file_menu.addAction(act)
+        file_menu.addAction(self.serve.action)
         quit_act = QAction("Quit", self)
         quit_act.setShortcut(QKeySequence.StandardKey.Quit)
         quit_act.triggered.connect(self.close)
@@ -246,5 +251,6 @@ class MainWindow(QMainWindow):
         self.train_panel.cancel()
         self.bench_panel.cancel()
         self.models_panel.cancel()
+        self.serve.stop(wait=True)  # its queued requests are cancelled before the engine drains
         self.host.wait_idle(3000)  # a cancelled answer ends within a token
         super().closeEvent(event)
