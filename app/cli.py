@@ -27,8 +27,11 @@ def common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--model", help="base model: hub repo id, local folder or registered name "
                    "(default: the app's current model)")
-    p.add_argument("--engine", choices=("mlx", "torch"),
-                   help="inference engine (default: mlx on Apple Silicon, torch elsewhere)")
+    from app.engine import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES,
+                   help="inference engine (default: mlx on Apple Silicon, torch with CUDA, llamacpp elsewhere; "
+                   "`loradesk info` says which and why)")
     return p
 
 

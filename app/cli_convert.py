@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import sys
 
+from app.engine import ENGINES as ENGINE_CHOICES
+
 
 def add_commands(models_sub, adapters_sub) -> None:
     from app.engine.store import EXPORT_FORMATS
     from app.tasks import task_names
 
-    ip = models_sub.add_parser("import", help="import a GGUF model file (llama.cpp) for both engines")
+    ip = models_sub.add_parser("import", help="import a GGUF model file: kept as it is for llamacpp, "
+                               "dequantized for torch/mlx")
     ip.add_argument("file", help="the .gguf file (Q4_K_M, Q8_0, F16, ...; qwen2, llama or gemma2)")
     ip.add_argument("--name", help="name to use with --model (default: the file's name)")
     ip.add_argument("--no-mlx", action="store_true", help="skip the 4-bit MLX copy (torch engine only)")
+    ip.add_argument("--engine", choices=ENGINE_CHOICES,
+                    help="the engine to import for (default: this machine's); llamacpp keeps the GGUF as it is")
     ip.set_defaults(func=cmd_models_import)
 
     ep = adapters_sub.add_parser("export", help="write a task's adapter as a PEFT or MLX folder")
@@ -29,9 +34,11 @@ def add_commands(models_sub, adapters_sub) -> None:
 
 def cmd_models_import(args) -> int:
     from app.gguf_import import import_gguf
+    from app.session import choose_engine
 
+    engine = choose_engine(args.engine)
     import_gguf(args.file, name=args.name, mlx=False if args.no_mlx else None,
-                say=lambda s: print(s, file=sys.stderr, flush=True))
+                say=lambda s: print(s, file=sys.stderr, flush=True), engine=engine)
     return 0
 
 

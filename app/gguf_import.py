@@ -7,6 +7,7 @@ in temp folders inside the model store and renamed into place at the end, then r
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -94,9 +95,37 @@ def _mlx_available() -> bool:
         return False
 
 
+def keep_gguf(info: GGUFInfo, name: str, say: Callable[[str], None] = print) -> dict[str, Path]:
+    """The llamacpp engine's import: the GGUF itself, as it is, placed in the store (a hard link
+    where the disk allows, else a copy through a temp folder) and registered as NAME-gguf."""
+    from app.models import GGUF_SUFFIX, register_model, registered_models
+
+    store = paths.models_dir()
+    dest = store / (name + GGUF_SUFFIX)
+    if dest.exists() or name + GGUF_SUFFIX in registered_models():
+        raise EngineError(f"a GGUF model named {name!r} already exists in {store}; choose another --name")
+    work = Path(tempfile.mkdtemp(prefix=f".import-{name}.", dir=store))  # same disk: rename is atomic
+    try:
+        target = work / info.path.name
+        try:
+            os.link(info.path, target)
+            how = "linked"
+        except OSError:
+            shutil.copyfile(info.path, target)
+            how = "copied"
+        work.rename(dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    register_model(name + GGUF_SUFFIX, dest)
+    say(f"{how} {info.path.name} into the store as it is (no conversion); registered {name!r}: "
+        f"--model {name} --engine llamacpp")
+    return {name: dest}
+
+
 def import_gguf(path: str | Path, name: str | None = None, mlx: bool | None = None,
-                say: Callable[[str], None] = print) -> dict[str, Path]:
-    """Import a GGUF file into the model store; returns {registered name: folder}."""
+                say: Callable[[str], None] = print, engine: str | None = None) -> dict[str, Path]:
+    """Import a GGUF file into the model store; returns {registered name: folder}. For the llamacpp
+    engine the file is kept as it is; for torch (and MLX) it is dequantized into an HF folder."""
     from app.engine.convert import dequantize_gguf, quantize_mlx
     from app.models import register_model, registered_models
     from app.names import check_name
@@ -104,6 +133,9 @@ def import_gguf(path: str | Path, name: str | None = None, mlx: bool | None = No
     info = inspect_gguf(path)
     name = name or default_name(info.path)
     check_name(name, "model")
+    if engine == "llamacpp":
+        say(f"importing {info.path.name}: {info.describe()}")
+        return keep_gguf(info, name, say)
     mlx = _mlx_available() if mlx is None else mlx
     store = paths.models_dir()
     targets = {name: store / name}

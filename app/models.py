@@ -6,6 +6,7 @@ progress). Offline with no local copy, the error says how to use a local folder 
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,26 +25,36 @@ class ModelChoice:
     torch_repo: str  # the original weights, for transformers
     params_b: float  # parameters, billions
     approx_gb_4bit: float
+    gguf_repo: str = ""  # GGUF files for llama.cpp; the Q4_K_M one is used
+
+    def repo_for(self, engine: str) -> str:
+        return {"mlx": self.mlx_repo, "llamacpp": self.gguf_repo}.get(engine) or self.torch_repo
 
 
 SUPPORTED = (
-    ModelChoice("Qwen2.5 0.5B Instruct", "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "Qwen/Qwen2.5-0.5B-Instruct", 0.49, 0.28),
-    ModelChoice("Qwen2.5 1.5B Instruct", "mlx-community/Qwen2.5-1.5B-Instruct-4bit", "Qwen/Qwen2.5-1.5B-Instruct", 1.54, 0.87),
-    ModelChoice("Qwen2.5 3B Instruct", "mlx-community/Qwen2.5-3B-Instruct-4bit", "Qwen/Qwen2.5-3B-Instruct", 3.09, 1.74),
-    ModelChoice("Llama 3.2 1B Instruct", "mlx-community/Llama-3.2-1B-Instruct-4bit", "meta-llama/Llama-3.2-1B-Instruct", 1.24, 0.70),
-    ModelChoice("Llama 3.2 3B Instruct", "mlx-community/Llama-3.2-3B-Instruct-4bit", "meta-llama/Llama-3.2-3B-Instruct", 3.21, 1.81),
-    ModelChoice("Gemma 2 2B Instruct", "mlx-community/gemma-2-2b-it-4bit", "google/gemma-2-2b-it", 2.61, 1.49),
+    ModelChoice("Qwen2.5 0.5B Instruct", "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "Qwen/Qwen2.5-0.5B-Instruct", 0.49, 0.28,
+                "Qwen/Qwen2.5-0.5B-Instruct-GGUF"),
+    ModelChoice("Qwen2.5 1.5B Instruct", "mlx-community/Qwen2.5-1.5B-Instruct-4bit", "Qwen/Qwen2.5-1.5B-Instruct", 1.54, 0.87,
+                "Qwen/Qwen2.5-1.5B-Instruct-GGUF"),
+    ModelChoice("Qwen2.5 3B Instruct", "mlx-community/Qwen2.5-3B-Instruct-4bit", "Qwen/Qwen2.5-3B-Instruct", 3.09, 1.74,
+                "Qwen/Qwen2.5-3B-Instruct-GGUF"),
+    ModelChoice("Llama 3.2 1B Instruct", "mlx-community/Llama-3.2-1B-Instruct-4bit", "meta-llama/Llama-3.2-1B-Instruct", 1.24, 0.70,
+                "bartowski/Llama-3.2-1B-Instruct-GGUF"),
+    ModelChoice("Llama 3.2 3B Instruct", "mlx-community/Llama-3.2-3B-Instruct-4bit", "meta-llama/Llama-3.2-3B-Instruct", 3.21, 1.81,
+                "bartowski/Llama-3.2-3B-Instruct-GGUF"),
+    ModelChoice("Gemma 2 2B Instruct", "mlx-community/gemma-2-2b-it-4bit", "google/gemma-2-2b-it", 2.61, 1.49,
+                "bartowski/gemma-2-2b-it-GGUF"),
 )
 DEFAULT_INDEX = 1  # Qwen2.5-1.5B-Instruct
 
 # The 7B reference of the research question (benchmark only).
 MISTRAL_7B = ModelChoice("Mistral 7B Instruct v0.3", "mlx-community/Mistral-7B-Instruct-v0.3-4bit",
-                         "mistralai/Mistral-7B-Instruct-v0.3", 7.25, 4.08)
+                         "mistralai/Mistral-7B-Instruct-v0.3", 7.25, 4.08,
+                         "bartowski/Mistral-7B-Instruct-v0.3-GGUF")
 
 
 def default_model(engine: str) -> str:
-    choice = SUPPORTED[DEFAULT_INDEX]
-    return choice.mlx_repo if engine == "mlx" else choice.torch_repo
+    return SUPPORTED[DEFAULT_INDEX].repo_for(engine)
 
 
 class ModelUnavailable(EngineError):
@@ -56,7 +67,7 @@ def _rebuild_registry() -> dict:
     found = {}
     for folder in sorted(paths.models_dir().iterdir()):
         if folder.is_dir() and not folder.name.startswith(".") and "--" not in folder.name \
-                and (folder / "config.json").exists():
+                and ((folder / "config.json").exists() or any(folder.glob("*.gguf"))):
             found[folder.name] = str(folder)
     return found
 
@@ -120,9 +131,14 @@ def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | N
     """A local folder holding the model `ref`, downloading it first if needed: `progress` gets a
     DownloadProgress (bytes done and total, speed, ETA) as bytes arrive; setting `cancel` stops the
     download with hub.Cancelled, and the model is not marked complete."""
+    if engine == "llamacpp":
+        return resolve_gguf(ref, progress=progress, cancel=cancel)
     ref_s = str(ref)
     candidate = Path(ref_s).expanduser()
     if candidate.exists():
+        if candidate.is_dir() and not (candidate / "config.json").exists() and any(candidate.glob("*.gguf")):
+            raise EngineError(f"{candidate} holds a GGUF model: use --engine llamacpp, or import it for the "
+                              f"{engine} engine: loradesk models import {candidate}/FILE.gguf --engine {engine}")
         if candidate.is_file() and candidate.suffix == ".gguf":
             raise EngineError(f"{candidate} is a GGUF file; import it first: loradesk models import {candidate}")
         check_model_folder(candidate)
@@ -133,6 +149,10 @@ def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | N
         folder = Path(reg.get(f"{ref_s}-mlx", reg[ref_s]) if engine == "mlx" else reg[ref_s])
         check_model_folder(folder)
         return folder
+    if ref_s + GGUF_SUFFIX in reg:
+        raise EngineError(f"model {ref_s!r} was imported as a GGUF only (for --engine llamacpp); to convert it for "
+                          f"the {engine} engine: loradesk models import {reg[ref_s + GGUF_SUFFIX]} --name {ref_s} "
+                          f"--engine {engine}")
     if not _looks_like_repo_id(ref_s):
         raise EngineError(f"model {ref_s!r} is neither a folder, a registered model nor a hub repo id (owner/name)")
     folder = local_repo_folder(ref_s)
@@ -151,3 +171,56 @@ def download_model(repo_id: str, progress: ProgressFn | None = None, cancel=None
     check_model_folder(folder)
     (folder / ".complete").touch()
     return folder
+
+
+GGUF_SUFFIX = "-gguf"  # `models import` registers the GGUF itself as NAME-gguf
+GGUF_PATTERN = "*[qQ]4_[kK]_[mM].gguf"  # the file taken from a hub repo of GGUF files
+
+
+def pick_gguf(folder: Path) -> Path:
+    """The GGUF model file in `folder`: its only one, else the Q4_K_M one."""
+    files = sorted(p for p in Path(folder).glob("*.gguf") if not p.name.startswith("."))
+    if len(files) == 1:
+        return files[0]
+    q4 = [p for p in files if fnmatch.fnmatch(p.name, GGUF_PATTERN)]
+    if q4:
+        return q4[0]
+    if files:
+        raise EngineError(f"{folder} holds {len(files)} GGUF files and none is Q4_K_M; pass the file itself: "
+                          f"--model {files[0]}")
+    if (Path(folder) / "config.json").exists():
+        raise EngineError(f"{folder} is a Hugging Face model folder; the llamacpp engine reads GGUF files. "
+                          "Use --engine torch (or mlx) for this folder, or pass a .gguf file")
+    raise EngineError(f"{folder} holds no .gguf file")
+
+
+def resolve_gguf(ref: str | Path, progress: ProgressFn | None = None, cancel=None) -> Path:
+    """The GGUF file for `ref`: a .gguf file, a folder holding one, a registered name, or a hub repo
+    of GGUF files (its Q4_K_M file is downloaded once into the store)."""
+    import logging
+
+    ref_s = str(ref)
+    candidate = Path(ref_s).expanduser()
+    if candidate.is_file():
+        if candidate.suffix != ".gguf":
+            raise EngineError(f"{candidate} is not a .gguf file; the llamacpp engine reads GGUF models")
+        return candidate.resolve()
+    if candidate.is_dir():
+        return pick_gguf(candidate).resolve()
+    reg = registered_models()
+    if ref_s + GGUF_SUFFIX in reg or ref_s in reg:
+        return pick_gguf(Path(reg.get(ref_s + GGUF_SUFFIX) or reg[ref_s]))
+    if not _looks_like_repo_id(ref_s):
+        raise EngineError(f"model {ref_s!r} is neither a .gguf file, a folder, a registered model nor a hub repo id")
+    repo = ref_s
+    if not repo.lower().endswith("gguf"):  # a supported model's original repo: use its GGUF repo
+        repo = next((m.gguf_repo for m in (*SUPPORTED, MISTRAL_7B) if repo in (m.torch_repo, m.mlx_repo)), repo)
+    folder = local_repo_folder(repo)
+    if not (folder / ".complete").exists():
+        from app import hub
+
+        hub.snapshot(repo, folder, progress=progress, cancel=cancel, allow_patterns=[GGUF_PATTERN])
+        (folder / ".complete").touch()
+    path = pick_gguf(folder)
+    logging.getLogger(__name__).info("%s: using %s", repo, path.name)
+    return path

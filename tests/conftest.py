@@ -67,3 +67,12 @@ def tiny_adapters(tiny_models, tmp_path_factory) -> dict[str, dict[str, Path]]:
     }
     return {arch: {task: write_random_adapter(model, root / arch / task, **kw) for task, kw in specs.items()}
             for arch, model in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """The tiny qwen2 and llama models as F32 GGUF files (llama.cpp's layout), for the llamacpp engine."""
+    from app.tiny_gguf import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("tiny-gguf")
+    return {arch: write_tiny_gguf(tiny_models[arch], root / f"{arch}.gguf") for arch in ("qwen2", "llama")}

@@ -10,54 +10,9 @@ from app import paths
 from app.cli import main
 from app.engine import create_engine
 from app.models import registered_models, resolve_model
+from app.tiny_gguf import write_tiny_gguf
 
 PROMPT = "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def write_tiny_gguf(model_dir: Path, out: Path, qtype: str = "F32") -> Path:
-    """The tiny HF model as llama.cpp's converter would write it (names, metadata, BPE vocab)."""
-    import gguf
-    from safetensors.numpy import load_file
-
-    cfg = json.loads((model_dir / "config.json").read_text())
-    tok = json.loads((model_dir / "tokenizer.json").read_text())
-    w = gguf.GGUFWriter(str(out), "qwen2")
-    w.add_name("tiny")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    added = {t["content"]: t["id"] for t in tok["added_tokens"]}
-    by_id = {i: t for t, i in {**tok["model"]["vocab"], **added}.items()}
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(cfg["vocab_size"])]  # vocab padded like llama.cpp
-    types = [gguf.TokenType.CONTROL if t in added else gguf.TokenType.NORMAL if i in by_id
-             else gguf.TokenType.UNUSED for i, t in enumerate(tokens)]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    w.add_eos_token_id(cfg["eos_token_id"])
-    w.add_pad_token_id(cfg["pad_token_id"])
-    w.add_chat_template(json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"])
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg["num_hidden_layers"])
-    q8 = gguf.GGMLQuantizationType.Q8_0
-    for key, arr in load_file(str(model_dir / "model.safetensors")).items():
-        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if qtype == "Q8_0" and arr.ndim == 2:
-            w.add_tensor(name, gguf.quants.quantize(arr, q8), raw_dtype=q8)
-        else:
-            w.add_tensor(name, arr.astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +26,7 @@ def _store_entries() -> list[str]:
 
 
 def test_import_for_both_engines(tiny_qwen, ggufs, capsys):
-    assert main(["models", "import", str(ggufs["F32"]), "--name", "tiny-gguf"]) == 0
+    assert main(["models", "import", str(ggufs["F32"]), "--name", "tiny-gguf", "--engine", "torch"]) == 0
     err = capsys.readouterr().err
     assert "qwen2" in err and "[1/2]" in err and "[2/2]" in err and "registered 'tiny-gguf'" in err
     assert _store_entries() == ["registry.json", "tiny-gguf", "tiny-gguf-mlx"]  # no temp folders left
@@ -96,7 +51,7 @@ def test_import_for_both_engines(tiny_qwen, ggufs, capsys):
 
 
 def test_import_quantized_gguf_torch_only(tiny_qwen, ggufs, capsys):
-    assert main(["models", "import", str(ggufs["Q8_0"]), "--no-mlx"]) == 0
+    assert main(["models", "import", str(ggufs["Q8_0"]), "--no-mlx", "--engine", "torch"]) == 0
     assert "Q8_0" in capsys.readouterr().err
     assert set(registered_models()) == {"tiny-Q8_0"}
     config = json.loads((paths.models_dir() / "tiny-Q8_0" / "config.json").read_text())
@@ -109,12 +64,24 @@ def test_import_quantized_gguf_torch_only(tiny_qwen, ggufs, capsys):
 
 
 def test_existing_name_is_refused_and_kept(ggufs, capsys):
-    assert main(["models", "import", str(ggufs["Q8_0"]), "--name", "mine", "--no-mlx"]) == 0
+    assert main(["models", "import", str(ggufs["Q8_0"]), "--name", "mine", "--no-mlx", "--engine", "torch"]) == 0
     before = (paths.models_dir() / "mine" / "model.safetensors").read_bytes()
     capsys.readouterr()
-    assert main(["models", "import", str(ggufs["F32"]), "--name", "mine", "--no-mlx"]) == 2
+    assert main(["models", "import", str(ggufs["F32"]), "--name", "mine", "--no-mlx", "--engine", "torch"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (paths.models_dir() / "mine" / "model.safetensors").read_bytes() == before
+
+
+def test_import_for_llamacpp_keeps_the_gguf_as_it_is(ggufs, capsys):
+    pytest.importorskip("llama_cpp")
+    assert main(["models", "import", str(ggufs["Q8_0"]), "--name", "q8", "--engine", "llamacpp"]) == 0
+    assert "no conversion" in capsys.readouterr().err
+    kept = paths.models_dir() / "q8-gguf" / ggufs["Q8_0"].name
+    assert kept.read_bytes() == ggufs["Q8_0"].read_bytes() and set(registered_models()) == {"q8-gguf"}
+    e = create_engine("llamacpp")
+    assert e.load("q8").path == kept and "Q8_0" in e.model_info.quantization
+    with pytest.raises(Exception, match="imported as a GGUF only.*--engine torch"):
+        resolve_model("q8", engine="torch")
 
 
 def _one_line_error(capsys, args, *needles):

@@ -1,0 +1,479 @@
+"""The llama.cpp engine (llama-cpp-python's C API): a GGUF base, 4-bit on CPU, for machines without
+Apple Silicon or CUDA.
+
+Every adapter is converted once to a GGUF LoRA (gguf_lora.py) and loaded with
+`llama_adapter_lora_init`; all stay resident. A switch is one `llama_set_adapters_lora` call on the
+context. The high-level `Llama` object holds one adapter and keys its prompt cache on tokens only,
+so a switch there would reuse KV entries computed under another adapter (llama.cpp server #26207).
+Here the KV cache remembers which adapter set filled it: a prefix is reused only under the same set,
+otherwise the cache is cleared before the prompt is read.
+"""
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import llama_cpp
+import numpy as np
+
+from app import paths
+from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, read_adapter
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, prefill_spans
+from app.engine.gguf_lora import cached_gguf_lora
+from app.engine.text import chat_prompt, split_for_loglikelihood
+from app.tasks import GenerationSettings
+
+log = logging.getLogger(__name__)
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints below this
+
+DEFAULT_CTX = 8192  # tokens of KV cache (capped by the model's training context)
+BATCH = 512  # tokens per llama_decode call while reading a prompt: cancel is checked between them
+_backend_ready = False
+
+
+def _threads() -> int:
+    env = os.environ.get("LORADESK_THREADS")
+    return int(env) if env else max(1, os.cpu_count() or 1)
+
+
+def context_params(n_ctx: int, threads: int):
+    """The context settings the engine uses; `llamacpp_bench` gives the raw reference the same."""
+    p = llama_cpp.llama_context_default_params()
+    p.n_ctx = n_ctx
+    p.n_batch = p.n_ubatch = min(BATCH, n_ctx)
+    p.n_threads = p.n_threads_batch = threads
+    p.no_perf = True
+    return p
+
+
+def model_params():
+    p = llama_cpp.llama_model_default_params()
+    p.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return p
+
+
+def _meta(model, key: str) -> str | None:
+    buf = ctypes.create_string_buffer(4096)
+    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+
+class _ChatTemplate:
+    """The GGUF's own chat template, with transformers' `apply_chat_template` signature (what
+    text.chat_prompt calls), rendered by llama-cpp-python's Jinja2 formatter."""
+
+    def __init__(self, template: str | None, bos: str, eos: str):
+        self.chat_template = template
+        self._bos, self._eos = bos, eos
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        fmt = Jinja2ChatFormatter(self.chat_template, eos_token=self._eos, bos_token=self._bos,
+                                  add_generation_prompt=add_generation_prompt)
+        return fmt(messages=messages).prompt
+
+
+class _Detokenizer:
+    """Token pieces as UTF-8 text; holds back bytes that end inside a character. Drops one
+    leading space of the answer, as the other engines' detokenizers do."""
+
+    def __init__(self, piece_bytes):
+        self._bytes = piece_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._started = False
+
+    def add(self, token: int) -> str:
+        text = self._utf8.decode(self._bytes(token))
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix(" ")
+        return text
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+class LlamaCppEngine(Engine):
+    kind = "llamacpp"
+
+    def __init__(self, n_ctx: int | None = None, threads: int | None = None):
+        super().__init__()
+        global _backend_ready
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+        self.n_ctx_wanted = n_ctx or int(os.environ.get("LORADESK_CTX", DEFAULT_CTX))
+        self.threads = threads or _threads()
+        self.model = None  # llama_model_p
+        self.ctx = None  # llama_context_p
+        self.vocab = None
+        self.template: _ChatTemplate | None = None
+        self._lora: dict[str, tuple[object, Path]] = {}  # name -> (llama_adapter_lora_p, GGUF file)
+        self._applied: tuple = ()  # (name, scale) pairs set on the context now
+        self._cache_owner: tuple | None = None  # the adapter set that filled the KV cache
+        self._cache: list[int] = []  # the tokens whose keys/values are in the KV cache
+        self._one = (llama_cpp.llama_token * 1)()
+        self._shapes: dict[str, tuple[int, int]] = {}
+        self._piece = ctypes.create_string_buffer(256)
+        self.device = "cpu (llama.cpp" + (", GPU offload)" if llama_cpp.llama_supports_gpu_offload() else ")")
+
+    # -- model --------------------------------------------------------------------------
+    def load(self, model_ref) -> ModelInfo:
+        from app.models import resolve_model
+
+        path = resolve_model(model_ref, engine="llamacpp")
+        with self._lock:
+            self.unload()  # drop the old model first: never two models in memory at once
+            return self._load(str(model_ref), path)
+
+    def _load(self, ref: str, path: Path) -> ModelInfo:
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params())
+        if not model:
+            raise EngineError(f"llama.cpp could not load {path}: not a complete GGUF model of a supported "
+                              "architecture (download it again, or check the file)")
+        n_ctx = min(self.n_ctx_wanted, llama_cpp.llama_model_n_ctx_train(model) or self.n_ctx_wanted)
+        ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads))
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise EngineError(f"llama.cpp could not create a {n_ctx}-token context for {path} (out of memory?); "
+                              "set LORADESK_CTX to a smaller number of tokens")
+        self.model, self.ctx = model, ctx
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        arch = _meta(model, "general.architecture") or "?"
+        n_embd, n_head = llama_cpp.llama_model_n_embd(model), llama_cpp.llama_model_n_head(model)
+        fp = {
+            "model_type": arch,
+            "hidden_size": n_embd,
+            "num_hidden_layers": llama_cpp.llama_model_n_layer(model),
+            "intermediate_size": int(_meta(model, f"{arch}.feed_forward_length") or 0),
+            "num_attention_heads": n_head,
+            "num_key_value_heads": llama_cpp.llama_model_n_head_kv(model),
+            "vocab_size": llama_cpp.llama_vocab_n_tokens(self.vocab),
+        }
+        head_dim = int(_meta(model, f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
+        from app.tiny import linear_shapes_from_config
+
+        self._shapes = linear_shapes_from_config({**fp, "head_dim": head_dim})
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(model, desc, len(desc))
+        self.template = _ChatTemplate(_meta(model, "tokenizer.chat_template"), self._special_text("bos"),
+                                      self._special_text("eos"))
+        self.model_info = ModelInfo(
+            ref=ref, path=path, model_type=arch,
+            fingerprint={**fp, "max_position_embeddings": llama_cpp.llama_n_ctx(ctx)},
+            quantization=f"GGUF {desc.value.decode(errors='replace').split(' ', 2)[-1]}",
+            bytes=path.stat().st_size,
+        )
+        self.name = _meta(model, "general.name")
+        self.adapters.clear()
+        self.active = None
+        return self.model_info
+
+    def _special_text(self, which: str) -> str:
+        tok = getattr(llama_cpp, f"llama_vocab_{which}")(self.vocab)
+        return self._piece_bytes(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
+
+    def _free(self) -> None:
+        for adapter, _ in self._lora.values():
+            llama_cpp.llama_adapter_lora_free(adapter)
+        self._lora.clear()
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+        self.ctx = self.model = self.vocab = None
+        self._applied, self._cache_owner, self._cache = (), None, []
+
+    def __del__(self):
+        try:
+            self._free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    @property
+    def context_length(self) -> int:
+        return llama_cpp.llama_n_ctx(self.ctx) if self.ctx else 4096
+
+    # -- adapters -----------------------------------------------------------------------
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        return dict(self._shapes)
+
+    def add_adapter(self, name: str, folder, force: bool = False) -> AdapterInfo:
+        info = self.require_model()
+        weights = read_adapter(folder)
+        where = f"{name!r} ({folder})"
+        self._check(weights, where)
+        warning = check_base_model(weights, self._identity(), where, force)
+        fp = info.fingerprint
+        gguf_file, _ = cached_gguf_lora(folder, weights, info.model_type, fp["num_attention_heads"],
+                                        fp["num_key_value_heads"], fp["num_hidden_layers"],
+                                        paths.home() / "cache" / "gguf-lora")
+        with self._lock:
+            added = self._add(name, Path(folder), weights, gguf_file)
+        if warning:
+            log.warning(warning)
+            added.warning = warning
+        return added
+
+    def _identity(self) -> ModelInfo:
+        """The loaded model as check_base_model sees it: a hub repo id when the user gave one, else
+        the GGUF's own `general.name` ("Qwen2.5 1.5B Instruct" -> Qwen2.5-1.5B-Instruct)."""
+        from app.models import _looks_like_repo_id
+
+        info = self.model_info
+        if _looks_like_repo_id(info.ref) or not self.name:
+            return info
+        return ModelInfo(ref=self.name.replace(" ", "-"), path=None, model_type=info.model_type,
+                         fingerprint=info.fingerprint)
+
+    def add_weights(self, name: str, weights: LoraWeights, folder: Path | None = None) -> AdapterInfo:
+        """Add adapter weights already in memory (written as a GGUF LoRA in the cache folder)."""
+        import tempfile
+
+        from app.engine.adapter_format import write_mlx
+
+        self.require_model()
+        self._check(weights, repr(name))
+        with tempfile.TemporaryDirectory(prefix="loradesk-lora-") as tmp:
+            src = write_mlx(weights, Path(tmp) / "adapter")
+            info = self.add_adapter(name, src, force=True)  # just trained on this model
+        info.path = folder or Path(".")
+        return info
+
+    def _check(self, weights: LoraWeights, where: str) -> None:
+        info = self.model_info
+        fp = {k: v for k, v in info.fingerprint.items() if k not in ("max_position_embeddings", "intermediate_size")}
+        check_against_model(weights, self._shapes, fp, where, f"the loaded model ({info.ref})")
+
+    def _add(self, name: str, folder: Path, weights: LoraWeights, gguf_file: Path) -> AdapterInfo:
+        adapter = llama_cpp.llama_adapter_lora_init(self.model, str(gguf_file).encode())
+        if not adapter:
+            raise AdapterError(f"llama.cpp could not load adapter {name!r} ({gguf_file}); it does not fit the "
+                               f"loaded model ({self.model_info.ref})")
+        old = self._lora.get(name)
+        self._lora[name] = (adapter, gguf_file)
+        if old is not None:  # replaced: an active adapter stays active, with the new weights
+            if any(n == name for n, _ in self._applied):
+                self._set(self._applied, force=True)
+            llama_cpp.llama_adapter_lora_free(old[0])
+        self.adapters[name] = AdapterInfo(
+            name=name, path=folder, format=weights.format, rank=weights.rank, scale=weights.scale,
+            modules=len(weights.modules), bytes=weights.nbytes(), base_model=weights.base_model,
+            metadata={**weights.metadata, "gguf_lora": str(gguf_file)},
+        )
+        return self.adapters[name]
+
+    def _drop(self, name: str) -> None:
+        if any(n == name for n, _ in self._applied):
+            self._set(())  # never free an adapter the context still uses
+        adapter, _ = self._lora.pop(name, (None, None))
+        if adapter:
+            llama_cpp.llama_adapter_lora_free(adapter)
+
+    def _route(self, name: str | None) -> None:
+        self._set(() if name is None else ((name, 1.0),))
+
+    def _set(self, pairs: tuple, force: bool = False) -> None:
+        """Point the context at these (adapter, scale) pairs: one llama_set_adapters_lora call.
+        A different set makes the KV cache stale; _prepare_cache sees that from _cache_owner."""
+        if pairs == self._applied and not force:
+            return
+        n = len(pairs)
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(self._lora[a][0] for a, _ in pairs)) if n else None
+        scales = (ctypes.c_float * n)(*(s for _, s in pairs)) if n else None
+        if llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales) != 0:
+            raise AdapterError(f"llama.cpp refused the adapter set {[a for a, _ in pairs]}")
+        self._applied = pairs
+        if force:
+            self._cache_owner = None
+
+    # -- text ---------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        self.require_model()
+        data = text.encode("utf-8")
+        add_bos = llama_cpp.llama_vocab_get_add_bos(self.vocab)
+        bos = self.template._bos if self.template else ""
+        add_bos = add_bos and not (bos and text.startswith(bos))  # the chat template may write BOS itself
+        n_max = len(data) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_bos, True)
+        if n < 0:  # buffer too small: -n is the count needed
+            buf = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, -n, add_bos, True)
+        return list(buf[:n])
+
+    def _piece_bytes(self, token: int, special: bool = False) -> bytes:
+        buf = self._piece
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def decode(self, tokens) -> str:
+        return b"".join(self._piece_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        self.require_model()
+        return chat_prompt(self.template, messages)
+
+    # -- the KV cache ---------------------------------------------------------------------
+    def _prepare_cache(self, tokens: list[int]) -> int:
+        """Keep the cached prefix of `tokens` computed under the current adapter set (at most all but
+        the last token, whose logits are needed); clear the rest. Returns how many are kept."""
+        mem = llama_cpp.llama_get_memory(self.ctx)
+        keep = 0
+        if self._cache_owner == self._applied:
+            limit = min(len(self._cache), len(tokens) - 1)
+            while keep < limit and self._cache[keep] == tokens[keep]:
+                keep += 1
+        if keep == 0 or not llama_cpp.llama_memory_seq_rm(mem, -1, keep, -1):
+            llama_cpp.llama_memory_clear(mem, True)
+            keep = 0
+        self._cache = self._cache[:keep]
+        self._cache_owner = self._applied
+        return keep
+
+    def _decode(self, tokens: list[int]) -> None:
+        """Feed tokens through the model after the cache; logits for the last one only."""
+        if len(self._cache) + len(tokens) > self.context_length:
+            raise EngineError(f"the context is full ({self.context_length} tokens); start a new answer "
+                              "or set LORADESK_CTX higher")
+        if len(tokens) == 1:
+            self._one[0] = tokens[0]
+            arr = self._one
+        else:
+            arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
+        if rc != 0:
+            self._cache_owner = None  # unknown state: the next call starts from an empty cache
+            raise EngineError(f"llama.cpp could not decode ({rc}): the context ({self.context_length} tokens) "
+                              "may be full")
+        self._cache += tokens
+
+    def _logits(self, i: int = -1) -> np.ndarray:
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+    def _prefill(self, tokens: list[int], cancel=None) -> bool:
+        """Read the prompt after its reusable prefix in steps of about a second (at most BATCH
+        tokens, llama.cpp's batch size), checking `cancel` before each; False if cancelled."""
+        keep = self._prepare_cache(tokens)
+        for lo, hi in prefill_spans(len(tokens) - keep, min(BATCH, self.prefill_step_size)):
+            if cancel is not None and cancel.is_set():
+                return False
+            self._decode(tokens[keep + lo:keep + hi])
+        return True
+
+    # -- generation -----------------------------------------------------------------------
+    def _sampler(self, settings: GenerationSettings):
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if settings.temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if settings.top_p < 1.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(settings.top_p, 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(settings.temperature))
+        seed = settings.seed if settings.seed is not None else time.time_ns() % 2**31
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None) -> Iterator[tuple[str, dict]]:
+        import psutil
+
+        proc = psutil.Process()
+        start = time.perf_counter()
+        if not self._prefill(tokens, cancel):
+            yield "", {"prompt_tokens": len(tokens), "finish_reason": "cancelled"}
+            return
+        prompt_tps = len(tokens) / max(time.perf_counter() - start, 1e-9)
+        sampler = self._sampler(settings)
+        detok = _Detokenizer(self._piece_bytes)
+        peak = proc.memory_info().rss / 1e9
+        t_first = None
+        try:
+            for n in range(1, settings.max_tokens + 1):
+                if cancel is not None and cancel.is_set():
+                    yield detok.flush(), {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps,
+                                          "generation_tokens": n - 1, "finish_reason": "cancelled"}
+                    return
+                token = llama_cpp.llama_sampler_sample(sampler, self.ctx, -1)
+                now = time.perf_counter()
+                if t_first is None:
+                    t_first = now
+                if n % 32 == 0:
+                    peak = max(peak, proc.memory_info().rss / 1e9)
+                # Decode speed: steps after the first token (which came from the prefill) over their time.
+                stats = {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps, "generation_tokens": n,
+                         "generation_tps": (n - 1) / (now - t_first) if n > 1 else 0.0, "peak_memory": peak}
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                    yield detok.flush(), {**stats, "finish_reason": "stop"}
+                    return
+                piece = detok.add(token)
+                if n == settings.max_tokens:
+                    yield piece + detok.flush(), {**stats, "finish_reason": "length"}
+                    return
+                yield piece, stats
+                self._decode([token])
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
+        self.require_model()
+        ctx, cont = split_for_loglikelihood(self.encode, context, continuation)
+        with self._lock:
+            # The context's cached prefix is reused (MathQA's options share it); the continuation
+            # is read in one pass that keeps the logits of each of its positions.
+            self._prefill(ctx)
+            rows = [self._logprobs(self._logits(), cont[0])]
+            rows += [self._logprobs(x, t) for x, t in zip(self._decode_all(cont[:-1]), cont[1:])]
+        return float(sum(lp for lp, _ in rows)), all(g for _, g in rows)
+
+    def _decode_all(self, tokens: list[int]) -> Iterator[np.ndarray]:
+        """Feed tokens after the cache, yielding the logits at every one of them."""
+        if len(self._cache) + len(tokens) > self.context_length:
+            raise EngineError(f"the input does not fit the context ({self.context_length} tokens)")
+        batch = llama_cpp.llama_batch_init(BATCH, 0, 1)
+        try:
+            for i in range(0, len(tokens), BATCH):
+                chunk = tokens[i:i + BATCH]
+                batch.n_tokens = len(chunk)
+                for j, tok in enumerate(chunk):
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, len(self._cache) + j, 1
+                    batch.seq_id[j][0], batch.logits[j] = 0, True
+                if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                    self._cache_owner = None
+                    raise EngineError("llama.cpp could not decode the input")
+                self._cache += chunk
+                for j in range(len(chunk)):
+                    yield self._logits(j)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+
+    @staticmethod
+    def _logprobs(logits: np.ndarray, target: int) -> tuple[float, bool]:
+        x = logits.astype(np.float64)
+        m = x.max()
+        lse = m + np.log(np.exp(x - m).sum())
+        return float(x[target] - lse), int(x.argmax()) == target
+
+    def next_token_logits(self, text: str) -> np.ndarray:
+        """Logits for the token after `text` (float32 copy), for parity checks."""
+        tokens = self.encode(text)
+        with self._lock:
+            self._prefill(tokens)
+            return self._logits().copy()
+
+    def memory_bytes(self) -> int:
+        """The model's tensors, the resident adapters' GGUF tensors and the context's state (KV)."""
+        if not self.model:
+            return 0
+        adapters = sum(f.stat().st_size for _, f in self._lora.values() if f.exists())
+        return int(llama_cpp.llama_model_size(self.model)) + adapters + int(llama_cpp.llama_state_get_size(self.ctx))
