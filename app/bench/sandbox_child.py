@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import select
 import signal
 import struct
 import sys
@@ -101,11 +102,6 @@ def main(line: str) -> None:
     cfg["python_dirs"] = isolation.python_dirs()  # of this very interpreter (a bundle's own folder too)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the program's input() sees end of file
     vfd = cfg["verdict_fd"]
-    if _LINUX:
-        try:
-            isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
-        except OSError:
-            pass
     c2p, p2c, ended = os.pipe(), os.pipe(), os.pipe()
     rpc = (os.pipe(), os.pipe()) if cfg["test"] is not None else None  # requests, replies
     holder = os.fork()
@@ -128,6 +124,11 @@ def main(line: str) -> None:
     elif cfg["mode"] == "none":
         reason = cfg["why"]
     _say(vfd, {"isolation": isolated, "reason": reason})
+    if _LINUX:  # from now on not even a process of the same user opens /proc/<monitor>/fd
+        try:
+            isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
+        except OSError:
+            pass
     entered = reply == "+"  # in half-made namespaces the program cannot run at all
     if isolated is None and (entered or not cfg["allow_unisolated"]):
         os.write(p2c[1], b"s")
@@ -228,28 +229,29 @@ def _holder(cfg, vfd, c2p, p2c, ended, rpc) -> None:
     go = os.read(p2c[0], 1)
     if go not in (b"g", b"u"):
         os._exit(0)
+    life = os.pipe()  # end of file on life[0]: the holder is gone
     pid = os.fork()
     if pid == 0:
-        _program(cfg, go == b"g", ended[1], rpc, (c2p[1], p2c[0]))
-    for fd in (ended[1], c2p[1], p2c[0], *([x for pair in rpc for x in pair] if rpc else [])):
+        os.close(life[1])
+        _program(cfg, go == b"g", ended[1], rpc, (c2p[1], p2c[0]), life[0])
+    for fd in (ended[1], c2p[1], p2c[0], life[0], *([x for pair in rpc for x in pair] if rpc else [])):
         os.close(fd)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
 
 
-def _program(cfg, isolated: bool, ended_w: int, rpc, stale) -> None:
+def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
     try:
         for fd in stale:
             os.close(fd)
         if rpc:
             os.close(rpc[0][1])
             os.close(rpc[1][0])
-        if _LINUX:
-            isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         if isolated:
             isolation.build_root(cfg["root"], cfg["box"], cfg["python_dirs"])
             isolation.drop_privileges(set_ids=cfg["uid"] is not None)
+            os.setsid()  # out of the monitor's process group (kill(0) reaches no one outside)
             box = isolation.BOX
         else:
             box = cfg["box"]
@@ -264,6 +266,11 @@ def _program(cfg, isolated: bool, ended_w: int, rpc, stale) -> None:
         os.chdir(box)
         os.environ.update(HOME=box, TMPDIR=box)
         _limits(cfg, isolated)
+        if _LINUX:  # after the uid and capability changes, which clear it
+            isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if select.select([life], [], [], 0)[0]:
+                os._exit(70)  # the holder died before that: nobody would kill us
+        os.close(life)
     except Exception as e:  # noqa: BLE001
         os.write(2, f"sandbox: could not set up the sandbox: {e}\n".encode())
         os._exit(70)
@@ -335,8 +342,8 @@ def _serve(ns: dict, req_r: int, resp_w: int) -> None:
 def _names(ns: dict) -> dict:
     out = {}
     for name, v in ns.items():
-        if name.startswith("__"):
-            continue
+        if name.startswith("__") or hasattr(builtins, name):
+            continue  # a program's own `abs` or `len` must not answer for the checks' builtins
         if isinstance(v, types.ModuleType):
             out[name] = ["module", v.__name__]
         elif callable(v):
@@ -362,7 +369,7 @@ def _audit_hook(root: str):
     writes outside the work folder, with a clear message. The namespaces are what hold."""
     def inside(p):
         try:
-            return os.path.realpath(os.fsdecode(p)).startswith(root)
+            return (os.path.realpath(os.fsdecode(p)) + os.sep).startswith(root)  # the folder itself too
         except Exception:  # noqa: BLE001
             return False
 
