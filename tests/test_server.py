@@ -249,6 +249,7 @@ def test_bad_requests_get_openai_errors_and_server_keeps_serving(served):
     assert "tokens" in _error(httpx.post(url + "/v1/completions", json={"model": "base", "prompt": long,
                                                                          "max_tokens": 2}), 400)["message"]
     _error(httpx.get(url + "/v1/nothing"), 404)
+    assert _error(httpx.get(url + "/v1/models", headers={"host": "evil.example:8000"}), 403)["code"] == "host_not_allowed"
     assert chat(client, "math", "still there?", max_tokens=3)
 
 

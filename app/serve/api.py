@@ -202,6 +202,9 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     queue = EngineQueue(backend.executor, max_pending=config.max_pending)
     app.state.queue, app.state.config, app.state.backend = queue, config, backend
 
+    if config.host in LOOPBACK:
+        app.add_middleware(_LoopbackHostOnly)
+
     @app.exception_handler(ApiError)
     async def _api_error(_request, e: ApiError):
         return e.response()
@@ -391,6 +394,25 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+class _LoopbackHostOnly:
+    """Pure ASGI (streams and disconnects pass untouched): a web page can make a browser send
+    requests to 127.0.0.1 under a name of its own (DNS rebinding), so a loopback server answers
+    only to loopback names in the Host header."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host[1:host.find("]")] if host.startswith("[") else host.split(":")[0]
+            if name not in LOOPBACK:
+                response = ApiError(403, f"this server answers only on 127.0.0.1 / localhost, not {host!r}",
+                                    code="host_not_allowed").response()
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _too_large(limit: int) -> ApiError:
