@@ -228,3 +228,27 @@ def test_offline_hub_dataset_gives_a_clear_error():
     # HF_DATASETS_OFFLINE is set for tests: the hub path must fail fast with what to do instead.
     with pytest.raises(evals.DatasetUnavailable, match=r"openai/gsm8k \(test\) cannot be fetched .*--data-dir"):
         evals.GSM8K().load(None, evals.EvalOptions())
+
+
+def test_unisolated_programs_are_marked_beside_the_scores(tmp_path):
+    """HumanEval items whose programs ran without OS isolation are counted and shown as "unisolated"."""
+    from app.bench.quality import summarize
+    from app.bench.report import write_report
+
+    def rec(i, isolated):
+        return {"task": "humaneval", "config": "base", "adapter": None, "model": "m", "item_id": str(i),
+                "output": "", "scores": {"pass@1": 1.0, "status": "passed", "isolated": isolated}, "seconds": 1.0}
+
+    meta = {"started": "now", "engine": "torch", "slm": "m", "tasks": ["humaneval"], "configs": ["base", "adapter"],
+            "selection": "all"}
+    run = {"task": "humaneval", "config": "base", "adapter": None, "model": "m", "n_selected": 2, "source": "s",
+           "model_bytes": 1e9, "adapter_bytes": 0, "resident_bytes": 1e9, "kind": "torch"}
+    for isolated, marked in ((True, False), (False, True)):
+        results = summarize([rec(0, True), rec(1, isolated)], [{**run, "_ids": {"0", "1"}}], [], meta)
+        assert results["runs"][0]["unisolated"] == (0 if isolated else 1)
+        out = tmp_path / str(isolated)
+        paths = write_report(results, out)
+        md, csv_text = paths["markdown"].read_text(), paths["csv"].read_text()
+        assert ("pass@1 100.0% (n=2, unisolated)" in md) is marked
+        assert ("unisolated: 1 of 2 program(s)" in md) is marked
+        assert csv_text.splitlines()[1].endswith(",1" if marked else ",0")

@@ -271,8 +271,10 @@ class HumanEval(Eval):
         text = f"Complete the following Python function.\n\n```python\n{item['prompt'].strip()}\n```"
         out, stats = generate(engine, get_task(self.task).messages(text), self.settings(opts), cancel)
         program = metrics.humaneval_program(item["prompt"], out, item["entry_point"])
-        res = check_program(program, item["test"], item["entry_point"], timeout=opts.humaneval_timeout)
-        return out, {"pass@1": float(res.passed), "status": res.summary()}, stats
+        # Where the system cannot isolate the sandbox the items still run; the report says "unisolated".
+        res = check_program(program, item["test"], item["entry_point"], timeout=opts.humaneval_timeout,
+                            allow_unisolated=True)
+        return out, {"pass@1": float(res.passed), "status": res.summary(), "isolated": res.isolated}, stats
 
 
 class Summarization(Eval):

@@ -338,7 +338,8 @@ def summarize(records: list[dict], runs: list[dict], skipped: list[dict], meta: 
         run = {k: v for k, v in run.items() if k != "_ids"}
         out_runs.append({**run, "n": len(recs), "metrics": ev.aggregate(recs) if recs else {},
                          "primary": ev.primary, "method": ev.method, "speed": speed_of(recs),
-                         "errors": sum(1 for r in recs if r.get("error"))})
+                         "errors": sum(1 for r in recs if r.get("error")),
+                         "unisolated": sum(1 for r in recs if r.get("scores", {}).get("isolated") is False)})
     return {"meta": meta, "runs": out_runs, "skipped": skipped}
 
 

@@ -67,7 +67,7 @@ def _cell(results: dict, task: str, config: str) -> str:
         text = ", ".join(f"{m} {_fmt(m, ms[m])}" for m in shown)
         if r["adapter"] and task == "hellaswag":
             text = f"[{r['adapter']}] {text}"
-        parts.append(f"{text} (n={r['n']})")
+        parts.append(f"{text} (n={r['n']}" + (", unisolated" if r.get("unisolated") else "") + ")")
     if parts:
         return "; ".join(parts)
     why = [s["reason"] for s in results["skipped"]
@@ -158,6 +158,10 @@ def _notes(results: dict) -> list[str]:
             notes.append(f"{r['task']}: {r['method']}. Data: {r['source']}.")
         if r.get("errors"):
             notes.append(f"{r['task']} / {r['config']}: {r['errors']} item(s) failed with an engine error and scored 0.")
+        if r.get("unisolated"):
+            notes.append(f"{r['task']} / {r['config']}: unisolated: {r['unisolated']} of {r['n']} program(s) ran in "
+                         "the sandbox without OS isolation (this system has no user namespaces / Seatbelt), "
+                         "so model code could reach this machine's files and network.")
     for s in results["skipped"]:
         notes.append(f"Skipped {s['task']} / {s['config']}: {s['reason']}")
     return notes
@@ -225,7 +229,8 @@ def csv_rows(results: dict) -> list[dict]:
         for m, v in r["metrics"].items():
             if m in METRIC_ORDER:
                 rows.append({"task": r["task"], "config": r["config"], "adapter": r["adapter"] or "",
-                             "model": r["model"], "metric": m, "value": v, "n": r["n"]})
+                             "model": r["model"], "metric": m, "value": v, "n": r["n"],
+                             "unisolated": r.get("unisolated", 0)})
     return rows
 
 
@@ -244,7 +249,7 @@ def write_report(results: dict, out_dir) -> dict[str, Path]:
     _write(paths["json"], json.dumps(results, indent=2, default=str))
     tmp = paths["csv"].with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["task", "config", "adapter", "model", "metric", "value", "n"])
+        w = csv.DictWriter(f, fieldnames=["task", "config", "adapter", "model", "metric", "value", "n", "unisolated"])
         w.writeheader()
         w.writerows(csv_rows(results))
     os.replace(tmp, paths["csv"])

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.bench import isolation, sandbox_child  # noqa: F401 - run by the child; named so bundles ship them
+
 OUTPUT_CAP = 256 * 1024  # bytes kept per stream; more output than 4x this kills the program
 _UID_BASE = 200_000  # sandbox uids: unused ids, one per concurrent run
 _uid_lock = threading.Lock()
@@ -93,8 +95,6 @@ def _interpreter(drop: bool = False) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1)
 def _mode() -> tuple[str, str]:
     """How this platform isolates ("namespaces", "seatbelt" or "none") and, for none, why."""
-    from app.bench import isolation
-
     why = isolation.available()
     if why:
         return "none", why
@@ -210,8 +210,6 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
            "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024, "nproc": nproc}
     command = [*_interpreter(uid is not None), _PRELUDE]
     if mode == "seatbelt":
-        from app.bench import isolation
-
         command = ["/usr/bin/sandbox-exec", "-p", isolation.seatbelt_profile(str(box), _macos_dirs()), *command]
     try:
         return _run(command, cfg, work, uid, timeout)
@@ -222,8 +220,6 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
 
 @functools.lru_cache(maxsize=1)
 def _macos_dirs() -> list[str]:
-    from app.bench import isolation
-
     return [*isolation.python_dirs(), _APP_PATH]
 
 

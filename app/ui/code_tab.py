@@ -1,13 +1,15 @@
 """The Code tab: a monospace, highlighted answer and "Run in sandbox".
 
 Generated code only ever runs through the benchmark's sandbox (a separate, limited subprocess),
-started from a worker so the window stays live while it runs.
+started from a worker so the window stays live while it runs. Where the system cannot isolate it
+(no user namespaces, no Seatbelt) the sandbox refuses; the tab then asks once per session whether to
+run such code with the user's own permissions.
 """
 from __future__ import annotations
 
 import re
 
-from PySide6.QtWidgets import QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QMessageBox, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
 from app.ui.highlight import PythonHighlighter
 from app.ui.task_tab import TaskTab, fixed_font
@@ -25,13 +27,16 @@ def extract_code(answer: str) -> str:
     return "\n\n".join(blocks) if blocks else answer.strip()
 
 
-def run_in_sandbox(code: str) -> str:
-    """Run `code` in the sandbox and describe the outcome as text."""
+_unisolated_answer: list[bool] = []  # the user's one answer this session: may unisolated code run?
+
+
+def run_in_sandbox(code: str, allow_unisolated: bool = False):
+    """Run `code` in the sandbox; the sandbox's result (status "not isolated" when it refused)."""
     try:
         from app.bench.sandbox import run_python
     except ImportError:
         raise RuntimeError("the sandbox (app.bench.sandbox) is not installed in this build") from None
-    return describe_result(run_python(code, timeout=SANDBOX_TIMEOUT_S, memory_mb=SANDBOX_MEMORY_MB))
+    return run_python(code, timeout=SANDBOX_TIMEOUT_S, memory_mb=SANDBOX_MEMORY_MB, allow_unisolated=allow_unisolated)
 
 
 def describe_result(res) -> str:
@@ -49,6 +54,8 @@ def describe_result(res) -> str:
     duration = get("duration", get("seconds", get("elapsed")))
     if duration is not None:
         lines[-1:] = [(lines[-1] if lines else "") + f" in {float(duration):.2f} s"]
+    if status not in ("not isolated", None) and get("isolation", "?") is None:
+        lines.append("⚠ not isolated: it ran with your own permissions (you allowed this)")
     out, err = get("stdout", ""), get("stderr", "")
     if out:
         lines += ["", "stdout:", out.rstrip()]
@@ -71,7 +78,9 @@ class CodeTab(TaskTab):
     def add_buttons(self, row):
         self.run_btn = QPushButton("Run in sandbox")
         self.run_btn.setToolTip(f"Run the answer's Python code in a separate sandboxed process "
-                                f"({SANDBOX_TIMEOUT_S:.0f} s, {SANDBOX_MEMORY_MB} MB, no network)")
+                                f"({SANDBOX_TIMEOUT_S:.0f} s, {SANDBOX_MEMORY_MB} MB). Isolated (Linux "
+                                f"namespaces, macOS Seatbelt) it has no network and sees none of your "
+                                f"files; where that is not possible you are asked first.")
         self.run_btn.clicked.connect(self.run_code)
         row.addWidget(self.run_btn)
         self.sandbox_worker = None
@@ -100,11 +109,37 @@ class CodeTab(TaskTab):
         self.sandbox_box.show()
         self.sandbox_output.setPlainText("running…")
         self.run_btn.setEnabled(False)
-        self.sandbox_worker = create_worker(run_in_sandbox, code, _connect={
-            "returned": self.sandbox_output.setPlainText,
+        self._start(code, bool(_unisolated_answer and _unisolated_answer[0]))
+
+    def _start(self, code: str, allow_unisolated: bool) -> None:
+        self.run_btn.setEnabled(False)
+        self.sandbox_worker = create_worker(run_in_sandbox, code, allow_unisolated, _connect={
+            "returned": lambda res: self._show(code, res),
             "errored": lambda e: self.sandbox_output.setPlainText(f"could not run the code: {e}"),
-            "finished": lambda: self.run_btn.setEnabled(True),
+            "finished": self._finished,
         })
+
+    def _finished(self):
+        if self.sandbox_worker is None or self.sandbox_worker.done.is_set():
+            self.run_btn.setEnabled(True)
+
+    def _show(self, code: str, res) -> None:
+        if res.status == "not isolated" and not _unisolated_answer:
+            _unisolated_answer.append(self.ask_unisolated(res.stderr.strip()))
+            if _unisolated_answer[0]:
+                self.sandbox_output.setPlainText("running without isolation…")
+                self._start(code, True)
+                return
+        self.sandbox_output.setPlainText(describe_result(res))
+
+    def ask_unisolated(self, reason: str) -> bool:
+        """Once per session: may code that cannot be isolated run with the user's permissions?"""
+        answer = QMessageBox.question(
+            self, "Run without isolation?",
+            f"{reason}\n\nRun it anyway? The code could then read and change your files and use the "
+            "network. Your answer holds until LoRA Desk is closed.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def set_running(self, running):
         super().set_running(running)
