@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -52,7 +51,7 @@ def _check(rc: int, what: str) -> None:
 def available() -> str | None:
     """Why this platform cannot isolate at all (None when it may: the real test is doing it)."""
     if sys.platform.startswith("linux"):
-        return None if platform.machine() in _SYS_PIVOT_ROOT else f"no pivot_root number for {platform.machine()}"
+        return None if os.uname().machine in _SYS_PIVOT_ROOT else f"no pivot_root number for {os.uname().machine}"
     if sys.platform == "darwin":
         return None if os.path.exists("/usr/bin/sandbox-exec") else "/usr/bin/sandbox-exec is missing"
     return f"no sandbox for {sys.platform}"
@@ -101,14 +100,14 @@ def _under(path: str, roots) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def python_dirs() -> list[str]:
-    """The directories this interpreter needs (its prefixes, stdlib, site-packages, a bundle's own
-    folder), as real paths, minus those inside another one or inside the system directories."""
+def python_dirs(site_packages=()) -> list[str]:
+    """The directories this interpreter needs (its prefixes, stdlib, `site_packages`, a bundle's
+    own folder), as real paths, minus those inside another one or inside the system directories."""
     cands = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
              os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(os.__file__)}
     if getattr(sys, "frozen", False):
         cands |= {os.path.dirname(sys.executable), getattr(sys, "_MEIPASS", sys.prefix)}
-    prefixes = {os.path.realpath(p) for p in cands if p}
+    prefixes = {os.path.realpath(p) for p in (*cands, *site_packages) if p}
     # sys.path entries inside a prefix (site-packages); others (an editable checkout) stay hidden.
     for p in sys.path:
         rp = os.path.realpath(p) if p else ""
@@ -146,7 +145,7 @@ def build_root(new_root: str, box: str, extra_dirs: list[str]) -> None:
     os.makedirs(new_root + "/tmp")
     os.chdir(new_root)
     # pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only ours.
-    _check(_libc.syscall(_SYS_PIVOT_ROOT[platform.machine()], b".", b"."), "pivot_root")
+    _check(_libc.syscall(_SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     _check(_libc.umount2(b".", MNT_DETACH), "detach the old root")
     os.chdir("/")
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)

@@ -99,7 +99,7 @@ def _recv(fd: int):
 
 def main(line: str) -> None:
     cfg = json.loads(line)
-    cfg["python_dirs"] = isolation.python_dirs()  # of this very interpreter (a bundle's own folder too)
+    cfg["python_dirs"] = isolation.python_dirs(cfg["site_packages"])  # of this very interpreter
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the program's input() sees end of file
     vfd = cfg["verdict_fd"]
     c2p, p2c, ended = os.pipe(), os.pipe(), os.pipe()
@@ -141,13 +141,15 @@ def main(line: str) -> None:
         os.close(rpc[1][1])
         checks = _run_checks(cfg, rpc[0][1], rpc[1][0])
         os.close(rpc[0][1])  # end of requests: the program's server returns
-    _, status = os.waitpid(holder, 0)
+    # The holder reports the program's exit status before it leaves its namespaces (their teardown
+    # takes milliseconds nobody needs to wait for; the app's group kill ends it).
+    status = os.read(c2p[0], 64).decode()
     os.set_blocking(ended[0], False)  # a left-over grandchild may still hold the write end
     try:
         ran_to_end = os.read(ended[0], 1) == b"e"
     except BlockingIOError:
         ran_to_end = False
-    _say(vfd, {"exit": os.waitstatus_to_exitcode(status), "ended": ran_to_end, "checks": checks})
+    _say(vfd, {"exit": int(status) if status else None, "ended": ran_to_end, "checks": checks})
     os._exit(0)
 
 
@@ -234,11 +236,15 @@ def _holder(cfg, vfd, c2p, p2c, ended, rpc) -> None:
     if pid == 0:
         os.close(life[1])
         _program(cfg, go == b"g", ended[1], rpc, (c2p[1], p2c[0]), life[0])
-    for fd in (ended[1], c2p[1], p2c[0], life[0], *([x for pair in rpc for x in pair] if rpc else [])):
+    for fd in (ended[1], p2c[0], life[0], *([x for pair in rpc for x in pair] if rpc else [])):
         os.close(fd)
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):  # the app's output pipes end with the program, not with us
+        os.dup2(null, fd)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)
+    os.write(c2p[1], str(code if code >= 0 else 128 - code).encode())
+    os._exit(0)
 
 
 def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
