@@ -100,7 +100,7 @@ class FakeHub:
         try:
             for i in range(0, len(data), BLOCK):
                 if gated and self.gate is not None and i >= self.gate_after:
-                    self.gate.wait(10)
+                    self.gate.wait(120)  # until the test has clicked Cancel
                 h.wfile.write(data[i:i + BLOCK])
                 h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):

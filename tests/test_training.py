@@ -217,9 +217,10 @@ def test_bad_data_fails_before_training(tiny_qwen, tmp_path):
     assert store.current("math") is None
 
 
-def test_cli_train_shows_progress_and_ctrl_c_leaves_a_checkpoint(tiny_qwen, memo_data, capsys):
+def test_cli_train_shows_progress_and_ctrl_c_leaves_a_checkpoint(tiny_qwen, memo_data, capsys, loradesk_home):
     import os
     import signal
+    import time
 
     from app.cli import main
     from training.cli import run_interruptible
@@ -231,15 +232,42 @@ def test_cli_train_shows_progress_and_ctrl_c_leaves_a_checkpoint(tiny_qwen, memo
     assert store.current("math").path.as_posix() == folder
     assert "12/12" in out.err and "trained the math adapter" in out.err  # tqdm bar, then the summary
 
-    # Ctrl-C: the first SIGINT asks the worker to stop after its step (it checkpoints and returns)
+    # Ctrl-C during a real run: sent once its first checkpoint is on disk (so the run is under way
+    # and the handler installed), never after a fixed time. The run stops after its step and says
+    # where its checkpoint is.
+    runs = loradesk_home / "runs" / "train" / "math"
+    sent, before = threading.Event(), signal.getsignal(signal.SIGINT)
+
+    def interrupt_after_first_checkpoint():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list(runs.glob("*/checkpoints/step-*/state.json")):
+            time.sleep(0.05)
+        sent.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_first_checkpoint, daemon=True).start()
+    assert main(["train", "--task", "math", "--engine", "mlx", "--model", str(tiny_qwen), "--data", str(memo_data),
+                 "--iters", "100000", "--batch-size", "2", "--save-every", "2", "--eval-every", "100000",
+                 "--name", "interrupted"]) == 130
+    assert sent.is_set()
+    err = capsys.readouterr().err
+    assert "stopping after the current step and saving a checkpoint" in err
+    step = int(err.split("training stopped at step ")[1].split("/")[0])
+    assert 2 <= step < 100000 and "continue with: loradesk train --task math --resume" in err
+    assert (runs / "interrupted" / "checkpoints" / f"step-{step:07d}" / "state.json").exists()
+
+    # A second Ctrl-C aborts at once.
     cancel = threading.Event()
 
     def job():
-        assert cancel.wait(10), "Ctrl-C did not reach the training job"
-        return "stopped cleanly"
+        os.kill(os.getpid(), signal.SIGINT)
+        assert cancel.wait(60), "Ctrl-C did not reach the training job"
+        os.kill(os.getpid(), signal.SIGINT)
+        return "not reached"
 
-    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    assert run_interruptible(job, cancel) == "stopped cleanly"
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptible(job, cancel)
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
 
 
 def test_bench_reads_mlx_lm_reports():

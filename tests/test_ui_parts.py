@@ -10,6 +10,9 @@ import pytest
 pytest.importorskip("pytestqt")
 
 
+WAIT_MS = 30_000  # generous: a wait ends as soon as its event happens
+
+
 # -- workers --------------------------------------------------------------------------------------
 def test_generator_worker_yields_returns_and_aborts_between_steps(qtbot):
     from app.ui.workers import create_worker
@@ -23,7 +26,7 @@ def test_generator_worker_yields_returns_and_aborts_between_steps(qtbot):
     w = create_worker(count, 5, _start=False)
     w.yielded.connect(got.append)
     w.returned.connect(returned.append)
-    with qtbot.waitSignal(w.finished, timeout=5000):
+    with qtbot.waitSignal(w.finished, timeout=WAIT_MS):
         w.start()
     assert got == [0, 1, 2, 3, 4] and returned == ["done"]
 
@@ -34,13 +37,13 @@ def test_generator_worker_yields_returns_and_aborts_between_steps(qtbot):
         for i in range(1000):
             steps.append(i)
             yield i
-            gate.wait(5)  # the GUI has seen item i before the next step
+            gate.wait(60)  # the GUI has seen item i before the next step
 
     w = create_worker(slow, _start=False)
     w.yielded.connect(lambda _v: (w.quit(), gate.set()))
     returned = []
     w.returned.connect(returned.append)
-    with qtbot.waitSignal(w.finished, timeout=5000):
+    with qtbot.waitSignal(w.finished, timeout=WAIT_MS):
         w.start()
     assert len(steps) < 5 and w.abort_requested and returned == []
 
@@ -52,7 +55,7 @@ def test_worker_errors_become_signals(qtbot):
         raise ValueError("bad input file x.jsonl")
 
     w = create_worker(broken, _start=False)
-    with qtbot.waitSignal(w.errored, timeout=5000) as blocker:
+    with qtbot.waitSignal(w.errored, timeout=WAIT_MS) as blocker:
         w.start()
     assert isinstance(blocker.args[0], ValueError) and "x.jsonl" in str(blocker.args[0])
 
@@ -177,7 +180,7 @@ def test_bench_panel_runs_a_tiny_benchmark_to_its_table(qtbot, tiny_qwen, tiny_a
     w = panel.start()
     assert w is not None and not panel.run_btn.isEnabled()
     qtbot.waitUntil(lambda: w.done.is_set(), timeout=120_000)
-    qtbot.waitUntil(lambda: panel.run_btn.isEnabled(), timeout=5000)
+    qtbot.waitUntil(lambda: panel.run_btn.isEnabled(), timeout=WAIT_MS)
     assert panel.results["meta"]["cancelled"] and "Cancelled" in panel.message.text()
     done_first = sum(r["n"] for r in panel.results["runs"])
     assert 1 <= done_first < 6
@@ -189,7 +192,7 @@ def test_bench_panel_runs_a_tiny_benchmark_to_its_table(qtbot, tiny_qwen, tiny_a
     watch = StallWatch(win)
     w = panel.start()
     qtbot.waitUntil(lambda: w.done.is_set(), timeout=120_000)
-    qtbot.waitUntil(lambda: panel.run_btn.isEnabled(), timeout=5000)
+    qtbot.waitUntil(lambda: panel.run_btn.isEnabled(), timeout=WAIT_MS)
     # The run (models loaded, items scored) happens in a child process: the window never froze.
     assert watch.worst_ms < 500, f"event loop blocked for {watch.worst_ms:.0f} ms"
     assert not panel.results["meta"]["cancelled"]

@@ -11,6 +11,12 @@ pytest.importorskip("pytestqt")
 GSM8K = Path(__file__).parent / "fixtures" / "data" / "gsm8k" / "main" / "train.jsonl"
 
 
+WAIT_MS = 30_000  # generous: a wait ends as soon as its event happens
+# Enough steps that the Stop sent at step 2 (child process -> GUI -> child) lands before the end
+# even on a loaded machine; a tiny-model step takes milliseconds.
+ITERS = 40
+
+
 def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     from app.ui.main_window import MainWindow
 
@@ -24,7 +30,7 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     win.tabs.setCurrentWidget(panel)
     panel.task_combo.setCurrentIndex(panel.task_combo.findData("math"))
     panel.files.addItem(str(GSM8K))
-    panel.iters.setValue(6)
+    panel.iters.setValue(ITERS)
     panel.batch.setValue(2)
     panel.rank.setValue(4)
     panel.seq.setValue(512)
@@ -38,10 +44,10 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     panel.report.connect(lambda d: panel.cancel() if d.get("phase") == "train" and d.get("step", 0) >= 2 else None)
     w = panel.start()
     qtbot.waitUntil(lambda: w.done.is_set(), timeout=120_000)
-    qtbot.waitUntil(lambda: panel.start_btn.isEnabled(), timeout=5000)
+    qtbot.waitUntil(lambda: panel.start_btn.isEnabled(), timeout=WAIT_MS)
     assert "cancelled" in panel.message.text() and panel.resume.isChecked()
     first = [d["step"] for d in panel.reports if d.get("phase") == "train"]
-    assert first and max(first) < 6
+    assert first and max(first) < ITERS
     assert len(panel.plot.series["train"]) == len(first)  # the curve drew every reported loss
     assert "math" not in engine.adapters
 
@@ -51,14 +57,14 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
         panel.start()  # resumes from the checkpoint
     task, folder = blocker.args
     resumed = [d["step"] for d in panel.reports if d.get("phase") == "train"]
-    assert task == "math" and resumed[0] > 1 and resumed[-1] == 6  # continued, did not start over
-    assert panel.progress.value() == 6 and "loss" in panel.progress_label.text()
+    assert task == "math" and resumed[0] > 1 and resumed[-1] == ITERS  # continued, did not start over
+    assert panel.progress.value() == ITERS and "loss" in panel.progress_label.text()
     losses = [loss for _, loss in panel.plot.series["train"]]
     assert len(losses) == len(resumed)
 
-    qtbot.waitUntil(lambda: "math" in engine.adapters, timeout=10_000)
+    qtbot.waitUntil(lambda: "math" in engine.adapters, timeout=WAIT_MS)
     assert Path(engine.adapters["math"].path) == Path(folder)
     win.tabs.setCurrentWidget(win.task_tabs["math"])
-    qtbot.waitUntil(lambda: engine.active == "math", timeout=5000)
+    qtbot.waitUntil(lambda: engine.active == "math", timeout=WAIT_MS)
     assert "adapter: math" in win.task_tabs["math"].status.text()
     win.close()

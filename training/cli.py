@@ -103,9 +103,21 @@ def config_from_args(args):
 
 
 def run_interruptible(fn, cancel: threading.Event):
-    """Run fn() in a worker thread; the first Ctrl-C sets `cancel`, a second one aborts."""
+    """Run fn() in a worker thread; the first Ctrl-C sets `cancel`, a second one aborts.
+
+    The SIGINT handler is installed before the worker starts, so a Ctrl-C at any moment of the
+    job reaches it (a KeyboardInterrupt caught around a wait could land outside the try)."""
+    import signal
+
     result: dict = {}
     done = threading.Event()
+
+    def on_sigint(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nstopping after the current step and saving a checkpoint (Ctrl-C again to abort)...",
+              file=sys.stderr, flush=True)
 
     def work():
         try:
@@ -115,18 +127,17 @@ def run_interruptible(fn, cancel: threading.Event):
         finally:
             done.set()
 
-    threading.Thread(target=work, name="train", daemon=True).start()
-    # An Event, not Thread.join: a join interrupted by Ctrl-C can report the thread dead while it
-    # still runs (CPython gh-90882).
-    while not done.is_set():
-        try:
-            done.wait(0.2)
-        except KeyboardInterrupt:
-            if cancel.is_set():
-                raise
-            cancel.set()
-            print("\nstopping after the current step and saving a checkpoint (Ctrl-C again to abort)...",
-                  file=sys.stderr, flush=True)
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        threading.Thread(target=work, name="train", daemon=True).start()
+        # An Event with a timeout, not Thread.join: the handler runs between the waits (a join
+        # interrupted by Ctrl-C can report the thread dead while it still runs, CPython gh-90882).
+        while not done.wait(0.2):
+            pass
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if "error" in result:
         raise result["error"]
     return result.get("value")
