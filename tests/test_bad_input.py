@@ -152,3 +152,21 @@ def test_truncated_model_weights_are_one_clear_error(kind, tiny_qwen, tmp_path):
         e.load(str(broken))
     e.load(str(tiny_qwen))  # and the engine still loads a good one
     assert isinstance(e.generate("hi"), str)
+
+
+def test_the_app_carries_on_after_damaged_registry_and_settings(qtbot, tiny_qwen, tiny_adapters, loradesk_home):
+    from app.ui.main_window import MainWindow
+
+    store.add("math", tiny_adapters["qwen2"]["math"], name="math-tiny")
+    (loradesk_home / "adapters" / "registry.json").write_text('{"math": {"adapters": [')
+    (loradesk_home / "settings.json").write_text("\x00\x00")
+    win = MainWindow(model=str(tiny_qwen), engine="mlx")
+    qtbot.addWidget(win)
+    win.show()
+    win.start()
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=60_000)
+    assert "math" in win.host.engine.adapters  # rebuilt from the folder: still served
+    text = win.banner.text()
+    assert "adapter registry" in text and "settings file" in text and "damaged" in text
+    assert list((loradesk_home / "adapters").glob("registry.json.damaged-*"))
+    win.close()

@@ -8,6 +8,7 @@ from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from app import paths
+from app.jsonfile import pop_notices
 from app.session import choose_engine, choose_model, load_settings, save_settings
 from app.tasks import load_tasks
 from app.ui.engine_host import EngineHost, model_is_local
@@ -123,9 +124,12 @@ class MainWindow(QMainWindow):
             log.info("tasks without adapter: %s", problems)
         # A missing adapter is normal before training; one that failed to load is an error to show.
         broken = {t: why for t, why in problems.items() if not why.startswith("no adapter for")}
-        if broken:
-            self.show_error("\n".join(f"The {t} adapter could not be loaded, so the {t} tab answers with the "
-                                       f"base model: {why}" for t, why in broken.items()))
+        messages = [f"The {t} adapter could not be loaded, so the {t} tab answers with the base model: {why}"
+                    for t, why in broken.items()]
+        messages += [f"Note: {a.warning}" for a in self.host.engine.adapters.values() if a.warning]
+        messages += pop_notices()  # a damaged registry or settings file that was recovered: said once
+        if messages:
+            self.show_error("\n".join(messages))
         self._tab_changed(self.tabs.currentIndex())
         self._refresh_status()
 
