@@ -160,16 +160,27 @@ def random_adapter(
 ) -> LoraWeights:
     """Random non-zero LoRA weights for the model in `model_dir` (B non-zero, so it changes outputs)."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return random_adapter_for(linear_shapes_from_config(cfg), fingerprint_of(cfg), str(model_dir), seed, rank,
+                              scale, targets, layers)
+
+
+def random_adapter_for(shapes: dict[str, tuple[int, int]], fingerprint: dict, base_model: str | None,
+                       seed: int = 1, rank: int = 8, scale: float = 2.0,
+                       targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"),
+                       layers: list[int] | None = None) -> LoraWeights:
+    """Random LoRA weights for the linear layers `shapes` ({module: (in, out)}, e.g. an engine's
+    `linear_shapes()`), whatever the model's file format."""
     rng = np.random.default_rng(seed)
     modules = {}
-    for name, (fin, fout) in linear_shapes_from_config(cfg).items():
-        layer = int(name.split(".")[2])
+    for name, (fin, fout) in sorted(shapes.items()):
+        layer = int(name.split("layers.", 1)[1].split(".", 1)[0])
         if name.rsplit(".", 1)[-1] not in targets or (layers is not None and layer not in layers):
             continue
         a = (rng.standard_normal((fin, rank)) / np.sqrt(fin)).astype(np.float32)
         b = (rng.standard_normal((rank, fout)) / np.sqrt(rank)).astype(np.float32)
         modules[name] = LoraModule(a, b, scale)
-    return LoraWeights(modules, "mlx", base_model=str(model_dir), fingerprint=fingerprint_of(cfg))
+    return LoraWeights(modules, "mlx", base_model=base_model, fingerprint=dict(fingerprint))
 
 
 def write_random_adapter(model_dir, out, **kw) -> Path:

@@ -29,7 +29,28 @@ from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
 
 log = logging.getLogger(__name__)
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints below this
+_native_log = logging.getLogger("llama.cpp")
+_last_errors: list[str] = []  # llama.cpp's recent error lines, quoted when one of its calls fails
+
+
+@llama_cpp.llama_log_callback
+def _on_native_log(level: int, text: bytes, _user):
+    """llama.cpp's messages go to the log file, not the terminal (they are many, and its errors
+    come back as failed calls, which we explain); errors are kept to quote in that explanation."""
+    line = text.decode("utf-8", "replace").rstrip()
+    if level == 3 and line:  # GGML_LOG_LEVEL_ERROR
+        _last_errors[:] = (_last_errors + [line])[-3:]
+    _native_log.debug(line)
+
+
+llama_cpp.llama_log_set(_on_native_log, ctypes.c_void_p(0))
+
+
+def _why() -> str:
+    """The last error llama.cpp logged, as a clause for our messages ('' when it said nothing)."""
+    said = "; ".join(_last_errors)
+    _last_errors.clear()
+    return f" (llama.cpp: {said})" if said else ""
 
 DEFAULT_CTX = 8192  # tokens of KV cache (capped by the model's training context)
 BATCH = 512  # tokens per llama_decode call while reading a prompt: cancel is checked between them
@@ -133,10 +154,11 @@ class LlamaCppEngine(Engine):
             return self._load(str(model_ref), path)
 
     def _load(self, ref: str, path: Path) -> ModelInfo:
+        _last_errors.clear()
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params())
         if not model:
-            raise EngineError(f"llama.cpp could not load {path}: not a complete GGUF model of a supported "
-                              "architecture (download it again, or check the file)")
+            raise EngineError(f"llama.cpp could not load {path}{_why()}: it is not a complete GGUF model of an "
+                              "architecture llama.cpp knows; download it again, or check the file")
         n_ctx = min(self.n_ctx_wanted, llama_cpp.llama_model_n_ctx_train(model) or self.n_ctx_wanted)
         ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads))
         if not ctx:
@@ -209,7 +231,8 @@ class LlamaCppEngine(Engine):
         weights = read_adapter(folder)
         where = f"{name!r} ({folder})"
         self._check(weights, where)
-        warning = check_base_model(weights, self._identity(), where, force)
+        made_here = weights.base_model and Path(weights.base_model).expanduser().resolve() == info.path
+        warning = None if made_here else check_base_model(weights, self._identity(), where, force)
         fp = info.fingerprint
         gguf_file, _ = cached_gguf_lora(folder, weights, info.model_type, fp["num_attention_heads"],
                                         fp["num_key_value_heads"], fp["num_hidden_layers"],
@@ -252,10 +275,11 @@ class LlamaCppEngine(Engine):
         check_against_model(weights, self._shapes, fp, where, f"the loaded model ({info.ref})")
 
     def _add(self, name: str, folder: Path, weights: LoraWeights, gguf_file: Path) -> AdapterInfo:
+        _last_errors.clear()
         adapter = llama_cpp.llama_adapter_lora_init(self.model, str(gguf_file).encode())
         if not adapter:
-            raise AdapterError(f"llama.cpp could not load adapter {name!r} ({gguf_file}); it does not fit the "
-                               f"loaded model ({self.model_info.ref})")
+            raise AdapterError(f"llama.cpp could not load adapter {name!r} ({gguf_file}){_why()}; it does not fit "
+                               f"the loaded model ({self.model_info.ref})")
         old = self._lora.get(name)
         self._lora[name] = (adapter, gguf_file)
         if old is not None:  # replaced: an active adapter stays active, with the new weights

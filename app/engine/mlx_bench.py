@@ -3,20 +3,23 @@ prompt and adapter, interleaved with the engine's own runs so both see the same 
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Callable
 
 from app.engine import mlx_thread
+from app.engine.base import decode_tps
 
 
 def _raw_decode_tps(model, tokenizer, tokens: list[int], max_tokens: int) -> float:
+    """Raw mlx_lm.stream_generate: decode steps after the first token over their own time."""
     import mlx.core as mx
     import mlx_lm
 
-    last = None
-    for last in mlx_lm.stream_generate(model, tokenizer, mx.array(tokens), max_tokens=max_tokens):
-        pass
-    return last.generation_tps
+    stamps = []
+    for _ in mlx_lm.stream_generate(model, tokenizer, mx.array(tokens), max_tokens=max_tokens):
+        stamps.append(time.perf_counter())
+    return decode_tps(stamps)
 
 
 def reference(model_path: Path, adapter_folders: dict[str, Path], tokens: list[int], max_tokens: int,
@@ -37,6 +40,8 @@ def reference(model_path: Path, adapter_folders: dict[str, Path], tokens: list[i
         "reference": "mlx_lm.stream_generate + mlx-lm LoRA layers",
         "reference_adapter": name,
         "raw_decode_tps": round(r, 3),
+        "reference_decode_tps": round(r, 3),
         "engine_adapter_decode_tps": round(o, 3),
         "engine_vs_mlx_lm_ratio": round(o / r, 4),
+        "engine_vs_reference_ratio": round(o / r, 4),
     }

@@ -119,5 +119,7 @@ def reference(model_path: Path, adapter_folders: dict[str, Path], prompt: str, m
                 o = statistics.median(ours)
                 result["engine_adapter_decode_tps"] = round(o, 3)
                 result["engine_vs_peft_decode_ratio"] = round(o / statistics.median(peft_tps), 4)
+                result["engine_vs_reference_ratio"] = result["engine_vs_peft_decode_ratio"]
+            result["reference_decode_tps"] = result["peft_adapter_decode_tps"]
     del model, base
     return result
