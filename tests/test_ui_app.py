@@ -238,11 +238,11 @@ def test_too_long_input_is_cut_and_the_status_says_so(qtbot, window):
     assert generate(qtbot, tab) in ("stop", "length")
     c = tab.last_chunk
     assert c.truncated_tokens > 2000 and c.prompt_tokens + tab.task.generation.max_tokens <= 2048
-    assert f"its last {c.truncated_tokens} tokens were cut to fit the context" in tab.status.text()
+    assert f"input cut to fit the context (its last {c.truncated_tokens} tokens left out)" in tab.status.text()
     assert not tab.message.isVisible() and tab.texts[0]
     tab.input.setPlainText("A short sentence.")
     assert generate(qtbot, tab) in ("stop", "length")
-    assert tab.last_chunk.truncated_tokens == 0 and "were cut" not in tab.status.text()
+    assert tab.last_chunk.truncated_tokens == 0 and "input cut" not in tab.status.text()
 
 
 def test_changing_model_drops_the_old_one_first(qtbot, window, tiny_models):

@@ -200,7 +200,8 @@ class MLXEngine(Engine):
         tok = self.tokenizer
         bos = tok.bos_token
         # mlx-lm's rule: add special tokens unless the text already starts with BOS.
-        return list(tok.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+        # verbose=False: no "longer than the maximum" warning; Engine.fit_prompt checks the context.
+        return list(tok.encode(text, add_special_tokens=bos is None or not text.startswith(bos), verbose=False))
 
     def decode(self, tokens) -> str:
         return self.tokenizer.decode(list(tokens))

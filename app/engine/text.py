@@ -23,7 +23,8 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
 def encode(tokenizer, text: str) -> list[int]:
     """mlx-lm's rule: add special tokens unless the text already starts with BOS."""
     bos = tokenizer.bos_token
-    return list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+    # verbose=False: no "longer than the maximum" warning; Engine.fit_prompt checks the context.
+    return list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos), verbose=False))
 
 
 def split_for_loglikelihood(encode, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -228,14 +228,14 @@ class TaskTab(QWidget):
                     problem = "none yet: train one in the Train tab or add one under Models & adapters"
                 parts.append(f"adapter: none ({problem})" if problem else "adapter: none")
         c = self.last_chunk
+        if c is not None and c.truncated_tokens:  # first after the adapter: a long line is clipped on the right
+            parts.append(f"input cut to fit the context (its last {c.truncated_tokens} tokens left out)")
         if c is not None:
             if c.generation_tokens:
                 parts.append(f"{c.generation_tps:.1f} tok/s")
             if c.time_to_first_token:
                 parts.append(f"first token {c.time_to_first_token:.2f} s")
             parts.append(f"{c.generation_tokens} tokens")
-            if c.truncated_tokens:
-                parts.append(f"input too long: its last {c.truncated_tokens} tokens were cut to fit the context")
         if self.busy:
             parts.append(f"generating… {time.perf_counter() - self._started:.1f} s")
         elif self.finish_reason:
