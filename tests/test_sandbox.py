@@ -425,6 +425,17 @@ if job["no_userns"]:
                        ("../sys/user/max_user_namespaces", "0")):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
+if job["no_mount"]:
+    # Namespaces that cannot be set up (as under an AppArmor or seccomp rule): mount(2) fails EPERM.
+    import struct
+    nr = {"x86_64": 165, "aarch64": 40}[os.uname().machine]
+    code = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | 1), (0x06, 0, 0, 0x7FFF0000)]
+    raw = b"".join(struct.pack("HBBI", *ins) for ins in code)
+    buf = ctypes.create_string_buffer(raw)
+    prog = struct.pack("HxxxxxxP", len(code), ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # no_new_privs, required for an unprivileged filter
+    assert libc.prctl(22, 2, ctypes.create_string_buffer(prog), 0, 0) == 0, os.strerror(ctypes.get_errno())
 from dataclasses import asdict
 from app.bench.sandbox import check_program, run_python
 out = {}
@@ -574,7 +585,7 @@ def as_ordinary_user(ordinary_user, problems):
         }
         cases = [{"name": n, "kind": k, "code": c, "test": p23["test"], "entry": p23["entry_point"], "kwargs": kw}
                  for n, (k, c, kw) in {**hostile, **controls}.items()]
-        results = _as_user(user, home, stage, {"no_userns": False, "cases": cases})
+        results = _as_user(user, home, stage, {"no_userns": False, "no_mount": False, "cases": cases})
         connections = len(got)
         # The same user on a system without user namespaces: refused, unless allowed (then it reads).
         unisolated = [{"name": n, "kind": "run", "code": f"print(open({str(secret)!r}).read())\n", "test": None,
@@ -582,11 +593,13 @@ def as_ordinary_user(ordinary_user, problems):
                       for n, kw in (("refused", {}), ("allowed", {"allow_unisolated": True}))]
         unisolated.append({"name": "refused marker", "kind": "run", "code": f"open({str(marker)!r}, 'w')\n",
                            "test": None, "entry": None, "kwargs": {}})
-        fallback = _as_user(user, home, stage, {"no_userns": True, "cases": unisolated})
+        fallback = _as_user(user, home, stage, {"no_userns": True, "no_mount": False, "cases": unisolated})
+        no_mount = (_as_user(user, home, stage, {"no_userns": False, "no_mount": True, "cases": unisolated})
+                    if os.uname().machine in ("x86_64", "aarch64") else None)
     finally:
         srv.close()
     uid = pwd.getpwnam(user).pw_uid
-    return {"results": results, "fallback": fallback, "connections": connections, "secret": secret.read_text(),
+    return {"results": results, "fallback": fallback, "no_mount": no_mount, "connections": connections, "secret": secret.read_text(),
             "before": before, "after": {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()},
             "left": [p.pid for p in psutil.process_iter(["uids", "status"]) if p.info["uids"]
                      and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE],
@@ -653,3 +666,17 @@ def test_ordinary_user_controls(as_ordinary_user):
     assert fb["refused marker"]["status"] == "not isolated"  # and the test above saw no marker file
     assert fb["allowed"]["passed"] and not fb["allowed"]["isolated"]
     assert as_ordinary_user["secret"] in fb["allowed"]["stdout"]  # what isolation is there to stop
+
+
+def test_ordinary_user_namespaces_that_cannot_be_set_up(as_ordinary_user):
+    """Namespaces are made but mount(2) is refused (a seccomp filter here; AppArmor on some desktops):
+    the program is not run, and runs unisolated only when allowed."""
+    _user_results(as_ordinary_user)
+    nm = as_ordinary_user["no_mount"]
+    if nm is None:
+        pytest.skip("the seccomp filter of this test knows only x86_64 and aarch64")
+    assert nm["refused"]["status"] == "not isolated" and nm["refused"]["stdout"] == ""
+    assert "Operation not permitted" in nm["refused"]["stderr"]
+    assert nm["refused marker"]["status"] == "not isolated"
+    assert nm["allowed"]["passed"] and not nm["allowed"]["isolated"]
+    assert as_ordinary_user["secret"] in nm["allowed"]["stdout"]

@@ -58,8 +58,10 @@ def available() -> str | None:
 
 
 def unshare(flags: int = NAMESPACES) -> None:
-    _check(_libc.unshare(flags), "unshare (user namespaces may be disabled: kernel.unprivileged_userns_clone "
-                                 "or user.max_user_namespaces)")
+    if _libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise IsolationError(err, f"no new namespaces ({os.strerror(err)}): user namespaces may be switched "
+                                  "off (sysctl user.max_user_namespaces or kernel.unprivileged_userns_clone)")
 
 
 def write_id_maps(pid: int, uid: int, gid: int) -> None:

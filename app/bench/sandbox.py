@@ -105,6 +105,9 @@ def _site_packages() -> tuple[str, ...]:
     return tuple(p for p in site.getsitepackages() if os.path.isdir(p))
 
 
+_broken: list[str] = []  # why namespaces, though created, could not be set up (once seen, for good)
+
+
 @functools.lru_cache(maxsize=1)
 def _mode() -> tuple[str, str]:
     """How this platform isolates ("namespaces", "seatbelt" or "none") and, for none, why."""
@@ -217,6 +220,8 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
             os.chown(p, uid, uid)
         os.chmod(box, 0o700)
     mode, why = _mode()
+    if _broken:  # namespaces were made but could not be set up here: do not try again
+        mode, why = "none", _broken[0]
     cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root), "program": code, "test": test,
            "entry_point": entry_point, "name": name, "uid": uid, "mode": mode, "why": why,
            "allow_unisolated": allow_unisolated, "network": network, "memory": memory_mb * 1024 * 1024,
@@ -225,7 +230,11 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
     if mode == "seatbelt":
         command = ["/usr/bin/sandbox-exec", "-p", isolation.seatbelt_profile(str(box), _macos_dirs()), *command]
     try:
-        return _run(command, cfg, work, uid, timeout)
+        res = _run(command, cfg, work, uid, timeout)
+        if res.status == "not isolated" and _broken and mode != "none" and allow_unisolated:
+            cfg.update(mode="none", why=_broken[0])
+            res = _run([*_interpreter(uid is not None), _PRELUDE], cfg, work, uid, timeout)
+        return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
         _release_uid(uid)
@@ -265,20 +274,24 @@ def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-    lines = [json.loads(x) for x in bytes(verdict).decode().splitlines() if x.strip()]
+    lines = _lines(verdict)
     isolation = lines[0].get("isolation") if lines else None
     # Isolated, the program's processes die with its PID namespace; sweep its group (and uid) anyway.
     _kill_all(proc, uid if isolation is None else None)
     proc.wait()
     for r in readers:
         r.join(timeout=5)
-    lines = [json.loads(x) for x in bytes(verdict).decode().splitlines() if x.strip()]
+    lines = _lines(verdict)
     setup = lines[0] if lines else {}
     end = lines[1] if len(lines) > 1 else {}
     duration = time.perf_counter() - start
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     exit_code = end.get("exit", proc.returncode)
     refused = setup and "exit" not in end and setup.get("isolation") is None and not timed_out
+    if end.get("setup_error"):
+        refused, setup = True, {"isolation": None, "reason": end["setup_error"]}
+        if not _broken:
+            _broken.append(end["setup_error"])
     if timed_out:
         status = "timed out"
     elif state.get("flood"):
@@ -300,6 +313,17 @@ def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
     return SandboxResult(passed=status == "passed", status=status, exit_code=exit_code, stdout=stdout,
                          stderr=stderr, timed_out=timed_out, output_truncated=bool(state.get("truncated")),
                          duration=duration, uid=uid, isolation=setup.get("isolation"))
+
+
+def _lines(buf: bytearray) -> list[dict]:
+    """The monitor's complete JSON lines so far (its setup line, then its verdict)."""
+    out = []
+    for line in bytes(buf).split(b"\n")[:-1]:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
 
 
 def _read_verdict(fd: int, keep: bytearray) -> None:

@@ -146,10 +146,12 @@ def main(line: str) -> None:
     status = os.read(c2p[0], 64).decode()
     os.set_blocking(ended[0], False)  # a left-over grandchild may still hold the write end
     try:
-        ran_to_end = os.read(ended[0], 1) == b"e"
+        said = os.read(ended[0], 4096)
     except BlockingIOError:
-        ran_to_end = False
-    _say(vfd, {"exit": int(status) if status else None, "ended": ran_to_end, "checks": checks})
+        said = b""
+    setup_error = said[1:].decode(errors="replace") if said.startswith(b"!") else None
+    _say(vfd, {"exit": int(status) if status else None, "ended": said == b"e", "checks": checks,
+               "setup_error": setup_error})
     os._exit(0)
 
 
@@ -221,8 +223,9 @@ def _holder(cfg, vfd, c2p, p2c, ended, rpc) -> None:
         os.close(fd)
     if _LINUX:
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-    reply = "+"
+    reply = "0"  # "+": in new namespaces, "-why": could not make them, "0": not asked to
     if cfg["mode"] == "namespaces":
+        reply = "+"
         try:
             isolation.unshare(isolation.NAMESPACES & ~(isolation.CLONE_NEWNET if cfg["network"] else 0))
         except OSError as e:
@@ -277,8 +280,8 @@ def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
             if select.select([life], [], [], 0)[0]:
                 os._exit(70)  # the holder died before that: nobody would kill us
         os.close(life)
-    except Exception as e:  # noqa: BLE001
-        os.write(2, f"sandbox: could not set up the sandbox: {e}\n".encode())
+    except Exception as e:  # noqa: BLE001 - e.g. namespaces without capabilities (an AppArmor rule)
+        os.write(ended_w, f"!{e}".encode()[:4000])
         os._exit(70)
     ns = {"__name__": cfg["name"], "__builtins__": builtins}
     code = 0
