@@ -123,7 +123,7 @@ def _check_complete(f: Path) -> None:
     if need is None or size < need:
         have = f"{size} of {need} bytes" if need else "its header is unreadable"
         raise EngineError(f"{f} is truncated or damaged ({have}): the download was interrupted or the file was "
-                          "cut. Download it again (loradesk fetches only what is missing) or copy it anew.")
+                          "cut. Download it again or copy the file anew.")
 
 
 def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | None = None,

@@ -335,6 +335,8 @@ def _model_name(ref: str | None, path: Path | None = None) -> str | None:
             folder = candidate.expanduser().resolve()
         except (OSError, RuntimeError):
             continue
+        if folder.is_file():  # a model file (GGUF) inside its download folder
+            folder = folder.parent
         if folder.parent == store and "--" in folder.name:  # our download: models/<owner>--<name>
             return folder.name.replace("--", "/", 1)
         for part in folder.parts:  # the hub cache: models--<owner>--<name>/snapshots/<sha>
