@@ -194,6 +194,20 @@ def pick_gguf(folder: Path) -> Path:
     raise EngineError(f"{folder} holds no .gguf file")
 
 
+def trainable_model(ref: str | None) -> str | None:
+    """The model to train adapters on for a GGUF reference: a supported model's original weights
+    (Qwen/Qwen2.5-1.5B-Instruct-GGUF -> Qwen/Qwen2.5-1.5B-Instruct); None (the trainer's default)
+    for a GGUF that cannot be tied to one; other references unchanged."""
+    if ref is None:
+        return None
+    for m in (*SUPPORTED, MISTRAL_7B):
+        if str(ref) == m.gguf_repo:
+            return m.torch_repo
+    if str(ref).lower().endswith((".gguf", "gguf")):
+        return None
+    return ref
+
+
 def resolve_gguf(ref: str | Path, progress: ProgressFn | None = None, cancel=None) -> Path:
     """The GGUF file for `ref`: a .gguf file, a folder holding one, a registered name, or a hub repo
     of GGUF files (its Q4_K_M file is downloaded once into the store)."""

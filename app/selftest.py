@@ -20,16 +20,29 @@ from pathlib import Path
 from app.tasks import GenerationSettings, get_task
 
 
-def check_engine(kind: str, root: Path, log) -> None:
-    from app.engine import create_engine
-    from app.tiny import build_tiny_model, write_random_adapter
+def tiny_model_for(kind: str, root: Path) -> Path:
+    """The tiny qwen2 model in the form `kind` reads: an HF folder, or a GGUF file for llama.cpp."""
+    from app.tiny import build_tiny_model
 
     model = build_tiny_model(root / "model", "qwen2")
+    if kind != "llamacpp":
+        return model
+    from app.tiny_gguf import write_tiny_gguf
+
+    return write_tiny_gguf(model, root / "model.gguf")
+
+
+def check_engine(kind: str, root: Path, log) -> None:
+    from app.engine import create_engine
+    from app.tiny import write_random_adapter
+
+    gguf_or_hf = tiny_model_for(kind, root)
+    model = root / "model"
     adapters = {n: write_random_adapter(model, root / n, seed=s) for n, s in (("math", 21), ("code", 22))}
     eng = create_engine(kind)
-    eng.load(model)
+    eng.load(gguf_or_hf)
     for name, folder in adapters.items():
-        eng.add_adapter(name, folder)
+        eng.add_adapter(name, folder, force=True)  # made for the same tiny model, in another format
     msgs = get_task("math").messages("What is 6 times 7?")
     settings = GenerationSettings(max_tokens=12)
     outs = {}
@@ -108,9 +121,7 @@ def check_bench(kind: str, root: Path, log) -> None:
     from app.bench import evals
     from app.bench.quality import QualityConfig, run_quality
     from app.bench.report import write_report
-    from app.tiny import build_tiny_model
-
-    model = build_tiny_model(root / "model", "qwen2")
+    model = tiny_model_for(kind, root)
     cfg = QualityConfig(tasks=tuple(evals.EVALS), configs=("base",), model=str(model), engine=kind,
                         out_dir=root / "bench", data_dir=paths.resources_dir() / "bench-sample", limit=1,
                         options=evals.EvalOptions(max_tokens=4))
@@ -154,9 +165,10 @@ def check_gui(root: Path, log, engine: str | None = None) -> None:
     import os
     import subprocess
 
-    from app.tiny import build_tiny_model
+    from app.engine import default_engine
 
-    model = build_tiny_model(root / "model", "qwen2")
+    engine = engine or default_engine()[0]
+    model = tiny_model_for(engine, root)
     # In a bundle the executable is the app; otherwise run this package's entry point.
     cmd = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "app"]
     shot = root / "window.png"
@@ -188,13 +200,16 @@ def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
 
     engines = engines or installed_engines()
     if not engines:
-        log("self-test: no engine is installed (need mlx + mlx-lm, or torch + transformers + peft)")
+        log("self-test: no engine is installed (need llama-cpp-python, mlx + mlx-lm, or torch + transformers + peft)")
         return False
     # Each check: (name, fn(root, log)); each gets its own temp folder.
     checks = []
+    from app.session import TRAINERS
+
     for kind in engines:
-        checks += [(kind, functools.partial(check_engine, kind)),
-                   (f"{kind} training", functools.partial(check_training, kind))]
+        checks.append((kind, functools.partial(check_engine, kind)))
+        if kind in TRAINERS:  # llama.cpp serves adapters; the others train them
+            checks.append((f"{kind} training", functools.partial(check_training, kind)))
     checks += [("bench", functools.partial(check_bench, engines[0])),
                ("sandbox", lambda root, log: check_sandbox(log)),
                ("jobs", lambda root, log: check_jobs(log))]
@@ -224,7 +239,9 @@ def run(engines: list[str] | None = None, gui: bool = False, log=print) -> bool:
 
 def register(sub, common):
     p = sub.add_parser("self-test", help="build a tiny model and adapters, generate and switch; exit 0 if all works")
-    p.add_argument("--engine", choices=("mlx", "torch"), action="append",
+    from app.engine import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, action="append",
                    help="engine to test (repeatable; default: every installed engine)")
     p.add_argument("--gui", action="store_true", help="also open the main window (set QT_QPA_PLATFORM=offscreen)")
     p.set_defaults(func=lambda args: 0 if run(args.engine, args.gui) else 1)

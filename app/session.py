@@ -27,6 +27,22 @@ def choose_engine(kind: str | None) -> str:
     return kind or load_settings().get("engine") or default_engine()[0]
 
 
+TRAINERS = ("mlx", "torch")  # llama.cpp serves adapters; it does not train them
+
+
+def choose_training_engine(kind: str | None) -> str:
+    """--engine, else the app's engine when it can train, else torch (MLX where torch is absent)."""
+    from app.engine import installed_engines
+
+    chosen = kind or choose_engine(None)
+    if chosen in TRAINERS:
+        return chosen
+    if kind:  # asked for explicitly
+        raise ValueError(f"the {kind} engine does not train; train with --engine torch or mlx (its adapter then "
+                         f"serves on {kind} too)")
+    return "torch" if "torch" in installed_engines() or "mlx" not in installed_engines() else "mlx"
+
+
 def choose_model(ref: str | None, engine: str) -> str:
     """--model, else the app's last model for this engine, else the default for the engine."""
     if ref:

@@ -48,9 +48,9 @@ def make_trainer(engine: str, config: TrainConfig, model_path: Path):
 
 def _resolve(config: TrainConfig) -> tuple[str, str, Path]:
     from app.models import resolve_model
-    from app.session import choose_engine, choose_model
+    from app.session import choose_model, choose_training_engine
 
-    engine = config.engine or choose_engine(None)
+    engine = choose_training_engine(config.engine)
     ref = choose_model(config.model, engine)
     return engine, ref, resolve_model(ref, engine)
 

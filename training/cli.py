@@ -173,9 +173,9 @@ def _local_tokenizer(model_ref: str | None, engine: str | None):
     from pathlib import Path
 
     from app.models import local_repo_folder
-    from app.session import choose_engine, choose_model
+    from app.session import choose_model, choose_training_engine
 
-    ref = choose_model(model_ref, choose_engine(engine))
+    ref = choose_model(model_ref, choose_training_engine(engine))
     for folder in (Path(ref).expanduser(), local_repo_folder(ref)):
         if (folder / "tokenizer.json").exists():
             return folder / "tokenizer.json"

@@ -83,7 +83,8 @@ class TrainConfig:
         self.data = tuple(str(d) for d in self.data)
         self.target_modules = tuple(self.target_modules)
         checks = [
-            (self.engine is None or self.engine in ENGINES, f"engine must be one of {ENGINES}"),
+            (self.engine is None or self.engine in ENGINES,
+             f"engine must be one of {ENGINES} (llama.cpp does not train; its adapters come from these)"),
             (self.fine_tune_type in FINE_TUNE_TYPES, f"fine_tune_type must be one of {FINE_TUNE_TYPES}"),
             (self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}"),
             (self.rank >= 1, "rank must be >= 1"),

@@ -94,7 +94,7 @@ def model_ref_for(config: str, slm: str, kind: str) -> str:
     if config == "mistral-7b":
         from app.models import MISTRAL_7B
 
-        return MISTRAL_7B.mlx_repo if kind == "mlx" else MISTRAL_7B.torch_repo
+        return MISTRAL_7B.repo_for(kind)
     return config
 
 
@@ -103,12 +103,18 @@ def weights_bytes(ref: str, kind: str) -> int | None:
     from app.models import MISTRAL_7B, SUPPORTED, local_repo_folder, registered_models
 
     folder = Path(ref).expanduser()
+    if folder.is_file():
+        return folder.stat().st_size  # a GGUF file
     if not folder.is_dir():
-        folder = Path(registered_models().get(ref, local_repo_folder(ref) if "/" in ref else ""))
-    if folder.is_dir() and any(folder.glob("*.safetensors")):
-        return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        reg = registered_models()
+        folder = Path(reg.get(ref + "-gguf" if kind == "llamacpp" else ref, reg.get(ref))
+                      or (local_repo_folder(ref) if "/" in ref else ""))
+    weights = "*.gguf" if kind == "llamacpp" else "*.safetensors"
+    if folder.is_dir() and any(folder.glob(weights)):
+        return max(p.stat().st_size for p in folder.glob(weights)) if kind == "llamacpp" else \
+            sum(p.stat().st_size for p in folder.glob(weights))
     for m in (*SUPPORTED, MISTRAL_7B):
-        if ref == m.mlx_repo:
+        if ref in (m.mlx_repo, m.gguf_repo):
             return int(m.approx_gb_4bit * 1e9)
         if ref == m.torch_repo:
             return int(m.params_b * 2e9)  # bf16

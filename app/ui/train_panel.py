@@ -172,12 +172,23 @@ class TrainPanel(QWidget):
     def build_config(self):
         from training.config import TrainConfig
 
+        from app.engine import installed_engines
+        from app.models import trainable_model
+        from app.session import TRAINERS
+
+        if not any(k in TRAINERS for k in installed_engines()):
+            raise ValueError("training needs torch (transformers + PEFT) or MLX, which this build does not include; "
+                             "install LoRA Desk with pip to train (README), or add a trained adapter under "
+                             "Models & adapters")
         model = None
         if self.host.engine is not None and self.host.engine.model_info is not None:
             model = str(self.host.engine.model_info.ref)
+        engine = self.host.kind if self.host.kind in TRAINERS else None
+        if engine is None:  # llama.cpp serves adapters; torch (or MLX) trains them on the same base
+            model = trainable_model(model)
         iters = self.iters.value()
         return TrainConfig.for_task(
-            self.task(), model=model, engine=self.host.kind, data=self.data(), mix=self.mix(), iters=iters,
+            self.task(), model=model, engine=engine, data=self.data(), mix=self.mix(), iters=iters,
             rank=self.rank.value(), alpha=2.0 * self.rank.value(), learning_rate=self.lr.value(),
             batch_size=self.batch.value(), max_seq_length=self.seq.value(), resume=self.resume.isChecked(),
             save_every=max(1, min(50, iters // 4 or 1)), eval_every=max(1, min(100, iters // 4 or 1)),
