@@ -165,3 +165,17 @@ def test_local_folder_and_errors(tiny_qwen, tmp_path):
 def test_offline_hub_says_use_a_local_folder():
     with pytest.raises(models.ModelUnavailable, match="offline.*--model /path/to/folder"):
         models.resolve_model("mlx-community/Qwen2.5-1.5B-Instruct-4bit")
+
+
+def test_remove_deletes_only_inside_the_store(tiny_adapters, loradesk_home, tmp_path):
+    """A registry entry pointing elsewhere (hand-edited, or an old version's) is unregistered, never deleted."""
+    precious = shutil.copytree(tiny_adapters["qwen2"]["math"], tmp_path / "precious")
+    store.add("math", tiny_adapters["qwen2"]["code"], name="mine")
+    reg = loradesk_home / "adapters" / "registry.json"
+    data = json.loads(reg.read_text())
+    data["math"]["adapters"].append({"name": "elsewhere", "path": str(precious), "format": "mlx"})
+    reg.write_text(json.dumps(data))
+    store.remove("math", "elsewhere")
+    assert precious.is_dir() and [a.name for a in store.list_adapters("math")] == ["mine"]
+    store.remove("math", "mine")
+    assert not (loradesk_home / "adapters" / "math" / "mine").exists()
