@@ -23,9 +23,10 @@ def register(sub, common):
 
     a = sub.add_parser("adapters", help="list, add or remove task adapters")
     asub = a.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
-    lp = asub.add_parser("list", help="each task's adapters: base model, rank, size, source")
+    lp = asub.add_parser("list", parents=[common], help="each task's adapters: base model, rank, size, source")
     lp.set_defaults(func=cmd_adapters_list)
-    ap = asub.add_parser("add", help="register an adapter folder (MLX or PEFT format) for a task")
+    ap = asub.add_parser("add", parents=[common],
+                         help="register an adapter folder (MLX or PEFT format) for a task; checked against --model")
     ap.add_argument("task", choices=task_names())
     ap.add_argument("folder")
     ap.add_argument("--name", help="name in the store (default: the folder's name)")
@@ -44,7 +45,7 @@ def register(sub, common):
 
     m = sub.add_parser("models", help="supported and local base models")
     msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    ml = msub.add_parser("list", help="the supported models and the ones on this machine")
+    ml = msub.add_parser("list", parents=[common], help="the supported models and the ones on this machine")
     ml.set_defaults(func=cmd_models_list)
     m.set_defaults(models_sub=msub)
 
@@ -160,7 +161,8 @@ def cmd_adapters_add(args) -> int:
 
     from app.session import choose_engine, choose_model
 
-    model = choose_model(None, choose_engine(None))  # the app's model: refuse adapters made for another
+    # The app's model (or --model/--engine): refuse adapters made for another.
+    model = choose_model(args.model, choose_engine(args.engine))
     entry = store.add(args.task, args.folder, name=args.name, model=model, force=args.force)
     print(f"found a {entry.format.upper()} adapter in {args.folder}; registered as {entry.name!r} for "
           f"task {args.task} ({entry.path})")
@@ -190,7 +192,7 @@ def cmd_info(args) -> int:
     print(f"home:     {paths.home()}")
     print(f"platform: {platform.system()} {platform.machine()}, Python {platform.python_version()}")
     versions = []
-    for pkg in ("mlx", "mlx-lm", "torch", "transformers", "peft", "PySide6-Essentials"):
+    for pkg in ("llama-cpp-python", "mlx", "mlx-lm", "torch", "transformers", "peft", "PySide6-Essentials"):
         try:
             versions.append(f"{pkg} {md.version(pkg)}")
         except md.PackageNotFoundError:
@@ -213,10 +215,14 @@ def cmd_info(args) -> int:
 def cmd_models_list(args) -> int:
     from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models
 
+    from app.session import choose_engine
+
+    kind = choose_engine(args.engine)
+    print(f"engine {kind}: --model takes the {kind} repo (or the original repo id, or a registered name)")
     for i, m in enumerate(SUPPORTED):
-        here = [r for r in (m.mlx_repo, m.torch_repo) if (local_repo_folder(r) / ".complete").exists()]
+        here = (local_repo_folder(m.repo_for(kind)) / ".complete").exists()
         mark = "*" if i == DEFAULT_INDEX else " "
-        print(f"{mark} {m.label:24} mlx: {m.mlx_repo:45} torch: {m.torch_repo:36}"
+        print(f"{mark} {m.label:24} {kind}: {m.repo_for(kind):45} original: {m.torch_repo:36}"
               + (" [downloaded]" if here else ""))
     for name, folder in registered_models().items():
         print(f"  {name:24} local: {folder}")

@@ -30,6 +30,10 @@ class ModelChoice:
     def repo_for(self, engine: str) -> str:
         return {"mlx": self.mlx_repo, "llamacpp": self.gguf_repo}.get(engine) or self.torch_repo
 
+    def size_label(self, engine: str) -> str:
+        """About how much the engine's copy weighs: 4-bit for MLX and GGUF, bf16 for torch."""
+        return f"~{2 * self.params_b:.1f} GB bf16" if engine == "torch" else f"~{self.approx_gb_4bit:.1f} GB 4-bit"
+
 
 SUPPORTED = (
     ModelChoice("Qwen2.5 0.5B Instruct", "mlx-community/Qwen2.5-0.5B-Instruct-4bit", "Qwen/Qwen2.5-0.5B-Instruct", 0.49, 0.28,

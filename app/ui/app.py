@@ -130,7 +130,8 @@ def preload_engine(kind: str) -> None:
     """
     import importlib
 
-    module = {"mlx": "app.engine.mlx_engine", "torch": "app.engine.torch_engine"}.get(kind)
+    module = {"mlx": "app.engine.mlx_engine", "torch": "app.engine.torch_engine",
+              "llamacpp": "app.engine.llamacpp_engine"}.get(kind)
     try:
         if module:
             importlib.import_module(module)

@@ -95,5 +95,5 @@ def import_gguf(file: str, engine: str, say=None) -> str:
     fn = _first([("app.gguf_import", "import_gguf")])
     if fn is None:
         raise RuntimeError(f"GGUF import is not part of this build; choose a model folder instead of {file}")
-    placed = fn(file, mlx=engine == "mlx", say=say or (lambda s: None))
+    placed = fn(file, mlx=engine == "mlx", say=say or (lambda s: None), engine=engine)
     return next(iter(placed))  # the base name: --model NAME picks the right copy per engine

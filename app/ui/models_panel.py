@@ -128,9 +128,9 @@ class ModelsPanel(QWidget):
         kind = self.kind()
         self.model_combo.clear()
         for i, m in enumerate(SUPPORTED):
-            repo = m.mlx_repo if kind == "mlx" else m.torch_repo
+            repo = m.repo_for(kind)
             here = (local_repo_folder(repo) / ".complete").exists()
-            size = f"~{m.approx_gb_4bit:.1f} GB 4-bit" if kind == "mlx" else f"~{2 * m.params_b:.1f} GB bf16"
+            size = m.size_label(kind)
             label = f"{m.label}{' (default)' if i == DEFAULT_INDEX else ''} — {repo} · {size}"
             self.model_combo.addItem(label + (" · downloaded" if here else ""), repo)
         for name, folder in registered_models().items():
@@ -163,8 +163,7 @@ class ModelsPanel(QWidget):
         from app.models import SUPPORTED
 
         self.select_model(ref)
-        size = next((f" (about {m.approx_gb_4bit:.1f} GB)" if ref == m.mlx_repo else f" (about {2 * m.params_b:.1f} GB)"
-                     for m in SUPPORTED if ref in (m.mlx_repo, m.torch_repo)), "")
+        size = next((f" ({m.size_label(kind)})" for m in SUPPORTED if ref == m.repo_for(kind)), "")
         self._offer = (ref, kind)
         self.download_btn.setText(f"Download {ref}{size}")
         self.download_btn.show()
