@@ -74,6 +74,18 @@ def test_the_weights_hash_recognises_a_copied_model(tiny_qwen, tiny_adapters, tm
     assert "weights differ" in e.add_adapter("math", trained).warning
 
 
+def test_a_name_the_engine_read_from_the_model_is_compared(tiny_adapters, tmp_path):
+    """What an engine passes when it knows the model's name from the file itself (a GGUF's general.name)."""
+    from app.engine.adapter_format import check_base_model, read_adapter
+    from app.engine.base import ModelInfo
+
+    named = ModelInfo(ref="Qwen2.5-0.5B-Instruct", path=None, model_type="qwen2", fingerprint={})
+    src = tiny_adapters["qwen2"]["math"]
+    assert check_base_model(read_adapter(_made_for(src, tmp_path / "q", QWEN)), named, "'q'") is None
+    with pytest.raises(AdapterError, match=f"made for {LLAMA}; the loaded model is Qwen2.5-0.5B-Instruct"):
+        check_base_model(read_adapter(_made_for(src, tmp_path / "l", LLAMA)), named, "'l'")
+
+
 def test_cli_refuses_another_bases_adapter_unless_forced(tiny_qwen, tiny_adapters, tmp_path, capsys):
     from app.session import save_settings
 

@@ -353,8 +353,11 @@ def check_base_model(weights: LoraWeights, model, where: str, force: bool = Fals
     Same weights (LoRA Desk's weights hash) or the same base name: None. Both sides named and
     different: AdapterError naming both, unless `force` (then a warning). One side unnamed: a
     one-line warning saying what could not be checked. Every engine calls this after the shape check.
+    A ModelInfo with `path=None` carries in `ref` a name the engine read from the model itself
+    (e.g. a GGUF's general.name); a plain string is a model reference as the user gives one.
     """
     ref, path = (model.ref, model.path) if hasattr(model, "path") else (str(model), None)
+    named_by_engine = hasattr(model, "path") and path is None and bool(ref)
     recorded = weights.base_model
     digest = weights.metadata.get("base_weights_sample_sha256")
     if path is not None and Path(path).is_dir():
@@ -362,7 +365,8 @@ def check_base_model(weights: LoraWeights, model, where: str, force: bool = Fals
             return None  # the very weights it was trained on
         if recorded and Path(recorded).expanduser().exists() and Path(recorded).expanduser().resolve() == Path(path).resolve():
             return None
-    adapter_name, model_name = _model_name(recorded), _model_name(ref, path)
+    adapter_name = _model_name(recorded)
+    model_name = ref if named_by_engine else _model_name(ref, path)
     a, m = base_model_key(adapter_name), base_model_key(model_name)
     shown = model_name or ref
     if a and m:
