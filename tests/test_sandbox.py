@@ -57,11 +57,13 @@ def _left_over(uid):
             if p.info["uids"] and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE]
 
 
-def test_all_canonical_solutions_pass(problems):
+@pytest.mark.parametrize("with_prompt", [True, False], ids=["helpers from the prompt", "helpers from the program"])
+def test_all_canonical_solutions_pass(problems, with_prompt):
     assert len(problems) == 164
 
     def one(p):
-        return p["task_id"], check_program(p["prompt"] + p["canonical_solution"], p["test"], p["entry_point"], timeout=20)
+        return p["task_id"], check_program(p["prompt"] + p["canonical_solution"], p["test"], p["entry_point"],
+                                           timeout=20, prompt=p["prompt"] if with_prompt else None)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = dict(pool.map(one, problems.values()))
@@ -300,9 +302,18 @@ def test_the_program_sees_a_new_root(tmp_path):
             open({str(tmp_path / 'secret.txt')!r}).read()
         except OSError as e:
             print(type(e).__name__)
+        fds = []
+        for fd in range(1024):
+            try:
+                os.fstat(fd)
+                fds.append(fd)
+            except OSError:
+                pass
+        print(len(fds))
     """))
     assert r.passed, r.stderr
-    listing, exists, where, error = r.stdout.splitlines()
+    listing, exists, where, error, fds = r.stdout.splitlines()
+    assert fds == "4"  # stdin (/dev/null), stdout, stderr and its end-of-program pipe: nothing of ours
     assert "home" not in listing and "proc" not in listing and "box" in listing
     assert exists == "False False False"
     assert where == "/box /box ['program.py']"  # an empty home: only its own source
@@ -375,6 +386,18 @@ def test_forged_pass_markers_do_not_pass(problems):
     assert not r.passed and r.status == "failed" and "AssertionError" in r.stderr
     # Control: the same honest answer passes.
     assert check_program(p2["prompt"] + p2["canonical_solution"], p2["test"], p2["entry_point"]).passed
+
+
+def test_helpers_come_from_the_prompt_when_given(problems):
+    """HumanEval/50 checks decode_shift with the prompt's encode_shift: a program that makes both
+    the identity fools an in-process harness, and fools the checks here only without the prompt."""
+    p = problems["HumanEval/50"]
+    forged = p["prompt"] + "    return s\n\ndef encode_shift(s):\n    return s\n"
+    assert check_program(forged, p["test"], p["entry_point"]).passed  # the program's own encode_shift
+    r = check_program(forged, p["test"], p["entry_point"], prompt=p["prompt"])
+    assert not r.passed and r.status == "failed" and "AssertionError" in r.stderr
+    right = p["prompt"] + p["canonical_solution"]
+    assert check_program(right, p["test"], p["entry_point"], prompt=p["prompt"]).passed
 
 
 def test_values_cross_between_program_and_checks_exactly():

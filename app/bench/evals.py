@@ -273,7 +273,7 @@ class HumanEval(Eval):
         program = metrics.humaneval_program(item["prompt"], out, item["entry_point"])
         # Where the system cannot isolate the sandbox the items still run; the report says "unisolated".
         res = check_program(program, item["test"], item["entry_point"], timeout=opts.humaneval_timeout,
-                            allow_unisolated=True)
+                            allow_unisolated=True, prompt=item["prompt"])
         return out, {"pass@1": float(res.passed), "status": res.summary(), "isolated": res.isolated}, stats
 
 

@@ -197,16 +197,20 @@ def run_python(code: str, timeout: float = 10.0, memory_mb: int = 1024, cpu_seco
 
 
 def check_program(program: str, test: str, entry_point: str, timeout: float = 10.0,
-                  memory_mb: int = 1024, allow_unisolated: bool = False) -> SandboxResult:
+                  memory_mb: int = 1024, allow_unisolated: bool = False, prompt: str | None = None) -> SandboxResult:
     """HumanEval's functional check: the program runs in the sandbox; the problem's `check` and
     `check(entry_point)` run outside it, calling the program's functions with plain data over a pipe.
-    Passes only when every assertion ran and held: the program cannot write the verdict."""
+    Passes only when every assertion ran and held: the program cannot write the verdict.
+
+    `test` (and `prompt`) are the benchmark's, trusted: they run with the app's permissions. Given the
+    `prompt`, the checks take its helpers from it and only `entry_point` from the program; without
+    it, every function of the program is offered to the checks (builtins' names excepted)."""
     return _sandboxed(program, test, entry_point, timeout, memory_mb, None, 16, 16, False, "__program__",
-                      allow_unisolated)
+                      allow_unisolated, prompt)
 
 
 def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, file_mb, network, name,
-               allow_unisolated) -> SandboxResult:
+               allow_unisolated, prompt=None) -> SandboxResult:
     if timeout <= 0 or memory_mb <= 0:
         raise ValueError("timeout and memory_mb must be positive")
     uid = _take_uid() if os.geteuid() == 0 else None
@@ -222,7 +226,7 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
     mode, why = _mode()
     if _broken:  # namespaces were made but could not be set up here: do not try again
         mode, why = "none", _broken[0]
-    cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root), "program": code, "test": test,
+    cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root), "program": code, "test": test, "prompt": prompt,
            "entry_point": entry_point, "name": name, "uid": uid, "mode": mode, "why": why,
            "allow_unisolated": allow_unisolated, "network": network, "memory": memory_mb * 1024 * 1024,
            "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024, "nproc": nproc}
