@@ -703,3 +703,33 @@ def test_ordinary_user_namespaces_that_cannot_be_set_up(as_ordinary_user):
     assert nm["refused marker"]["status"] == "not isolated"
     assert nm["allowed"]["passed"] and not nm["allowed"]["isolated"]
     assert as_ordinary_user["secret"] in nm["allowed"]["stdout"]
+
+
+def test_seatbelt_profile_has_the_linux_rules(tmp_path):
+    """macOS's profile (sandbox-exec cannot run here, so its text is what can be checked)."""
+    from app.bench import isolation
+
+    box = tmp_path / "box"
+    box.mkdir()
+    profile = isolation.seatbelt_profile(str(box), ["/opt/py311", "/Users/me/proj/.venv"])
+    lines = profile.splitlines()
+    assert lines[:2] == ["(version 1)", "(deny default)"] and "(deny network*)" in lines
+    writes = [x for x in lines if x.startswith("(allow file-write*")]
+    assert writes == [f'(allow file-write* (subpath "{box.resolve()}") (literal "/dev/null") (literal "/dev/zero") '
+                      '(literal "/dev/random") (literal "/dev/urandom"))']
+    reads = next(x for x in lines if x.startswith("(allow file-read* "))
+    assert '(subpath "/opt/py311")' in reads and '(subpath "/Users/me/proj/.venv")' in reads
+    assert '"/Users/me"' not in reads and '(subpath "/Users")' not in reads and "network" not in reads
+
+
+def test_only_the_interpreters_folders_are_bound():
+    """The new root gets the Python prefixes and site-packages, never a home, /root or the checkout."""
+    from app.bench import isolation, sandbox
+
+    dirs = isolation.python_dirs(sandbox._site_packages())
+    repo = os.path.realpath(sandbox._APP_PATH)
+    assert dirs and all(d != repo and not repo.startswith(d + "/") for d in dirs)
+    assert not {"/", "/root", "/home", os.path.expanduser("~")} & set(dirs)
+    r = run_python(f"import os\nprint(os.path.exists({os.path.join(repo, 'app')!r}))\n")
+    if r.isolated:
+        assert r.stdout.strip() == "False"

@@ -31,7 +31,7 @@ BOX = "/box"  # the writable work folder inside the new root
 
 # The system directories bound read-only into the new root (those that exist; symlinks such as
 # /bin -> usr/bin on merged-/usr systems are recreated as symlinks).
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt/homebrew")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
                 "/etc/alternatives", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
@@ -173,20 +173,20 @@ def drop_privileges(set_ids: bool) -> None:
 def seatbelt_profile(box: str, read_dirs: list[str]) -> str:
     """A macOS Seatbelt (sandbox-exec) profile with the Linux rules: no network, reads only of the
     system and Python directories, writes only in `box`. Not run in this project's CI (Linux)."""
-    q = lambda p: '"' + os.path.realpath(p).replace("\\", "\\\\").replace('"', '\\"') + '"'  # noqa: E731
-    reads = " ".join(f"(subpath {q(p)})" for p in ("/usr/lib", "/usr/share", "/System", "/Library/Frameworks",
-                                                  "/private/var/db/dyld", "/opt/homebrew", *read_dirs, box))
+    q = lambda p: '"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"'  # noqa: E731
+    system = ("/usr/lib", "/usr/share", "/System", "/Library/Frameworks", "/private/var/db/dyld", "/opt/homebrew")
+    reads = " ".join(f"(subpath {q(os.path.realpath(p))})" for p in (*system, *read_dirs, box))
     devs = " ".join(f'(literal "{d}")' for d in ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"))
     return "\n".join([
         "(version 1)",
         "(deny default)",
         "(allow process-fork)",
-        f"(allow process-exec (literal {q(sys.executable)}))",
+        f"(allow process-exec (literal {q(sys.executable)}) (literal {q(os.path.realpath(sys.executable))}))",
         "(allow signal (target same-sandbox))",
         "(allow sysctl-read)",
         "(allow file-read-metadata)",  # stat() of path components; no file contents
         f"(allow file-read* {reads} {devs})",
-        f"(allow file-write* (subpath {q(box)}) {devs})",
+        f"(allow file-write* (subpath {q(os.path.realpath(box))}) {devs})",
         "(deny network*)",
         "",
     ])

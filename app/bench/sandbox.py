@@ -246,7 +246,7 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
 
 @functools.lru_cache(maxsize=1)
 def _macos_dirs() -> list[str]:
-    return [*isolation.python_dirs(_site_packages()), _APP_PATH]
+    return [*isolation.python_dirs(_site_packages()), os.path.join(_APP_PATH, "app")]  # the child imports app.bench
 
 
 def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
