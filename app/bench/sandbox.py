@@ -87,8 +87,8 @@ PRELOAD = ("math", "cmath", "re", "string", "collections", "collections.abc", "i
 
 @functools.lru_cache(maxsize=2)
 def _interpreter(drop: bool = False) -> tuple[str, ...]:
-    """The command that runs Python source given after it (`drop` is kept for callers; the
-    interpreter no longer needs to be readable by the private uid: it is bound into the new root)."""
+    """The command that runs Python source given after it. (`drop`, the private uid, no longer
+    matters: the monitor runs as the caller and the interpreter is bound into the new root.)"""
     if getattr(sys, "frozen", False):  # a PyInstaller bundle: its executable runs the code (app/__main__.py)
         return (sys.executable, "--python-c")
     # -S: no site module (a venv's .pth files and editable finders cost ~15 ms a run); the child
@@ -293,9 +293,9 @@ def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
     exit_code = end.get("exit", proc.returncode)
     refused = setup and "exit" not in end and setup.get("isolation") is None and not timed_out
     if end.get("setup_error"):
-        refused, setup = True, {"isolation": None, "reason": end["setup_error"]}
-        if not _broken:
+        if setup.get("isolation") == "namespaces" and not _broken:
             _broken.append(end["setup_error"])
+        refused, setup = True, {"isolation": None, "reason": end["setup_error"]}
     if timed_out:
         status = "timed out"
     elif state.get("flood"):
