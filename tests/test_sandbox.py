@@ -733,3 +733,35 @@ def test_only_the_interpreters_folders_are_bound():
     r = run_python(f"import os\nprint(os.path.exists({os.path.join(repo, 'app')!r}))\n")
     if r.isolated:
         assert r.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not ROOT or os.uname().machine not in ("x86_64", "aarch64"),
+                    reason="the root fallback needs root; the seccomp filter knows x86_64 and aarch64")
+def test_root_without_namespaces_falls_back_to_a_private_uid(tmp_path):
+    """As root where namespaces cannot be set up (mount refused by a seccomp filter, as in a default
+    container), an allowed run still gets a private uid and its own network namespace."""
+    stage = Path(tempfile.mkdtemp(prefix="loradesk-sbx-root-"))
+    try:
+        secret = stage / "root-only.txt"
+        secret.write_text("root's secret")
+        secret.chmod(0o600)
+        srv, port, got = _listen()
+        code = (f"import os, ctypes\nprint(os.getuid())\n"
+                f"try:\n    open({str(secret)!r}).read()\nexcept OSError as e:\n    print(type(e).__name__)\n"
+                + RAW_CONNECT.format(port=port))
+        cases = [{"name": n, "kind": "run", "code": code, "test": None, "entry": None, "kwargs": kw}
+                 for n, kw in (("refused", {}), ("allowed", {"allow_unisolated": True, "timeout": 5}))]
+        (stage / "driver.py").write_text(DRIVER)
+        proc = subprocess.run([sys.executable, str(stage / "driver.py")], capture_output=True, text=True, timeout=120,
+                              input=json.dumps({"no_userns": False, "no_mount": True, "cases": cases}))
+        srv.close()
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert res["refused"]["status"] == "not isolated" and res["refused"]["stdout"] == ""
+        allowed = res["allowed"]
+        assert not allowed["isolated"] and not allowed["passed"] and "connect failed" in allowed["stderr"]
+        uid, error = allowed["stdout"].split()
+        assert int(uid) == allowed["uid"] >= 200_000 and error == "PermissionError"
+        assert not got and secret.read_text() == "root's secret"
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

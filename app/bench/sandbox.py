@@ -78,7 +78,8 @@ main(_line)
 _APP_PATH = str(Path(__file__).resolve().parents[2])  # the folder holding the `app` package
 
 # Modules sandboxed programs commonly import (HumanEval solutions): the bundle ships them
-# (packaging/loradesk.spec); a normal install has the whole standard library.
+# (packaging/loradesk.spec), and root's unisolated fallback imports them before its uid drop
+# (the interpreter's files may not be readable by the private uid).
 PRELOAD = ("math", "cmath", "re", "string", "collections", "collections.abc", "itertools", "functools",
            "heapq", "bisect", "typing", "random", "statistics", "fractions", "decimal", "hashlib",
            "operator", "copy", "datetime", "json", "textwrap", "unicodedata", "array", "struct",
@@ -223,12 +224,13 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
         for p in (box, box / "program.py"):
             os.chown(p, uid, uid)
         os.chmod(box, 0o700)
+        os.chmod(work, 0o711)  # unisolated, the private uid must pass through to its box
     mode, why = _mode()
     if _broken:  # namespaces were made but could not be set up here: do not try again
         mode, why = "none", _broken[0]
     cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root), "program": code, "test": test, "prompt": prompt,
            "entry_point": entry_point, "name": name, "uid": uid, "mode": mode, "why": why,
-           "allow_unisolated": allow_unisolated, "network": network, "memory": memory_mb * 1024 * 1024,
+           "allow_unisolated": allow_unisolated, "preload": PRELOAD, "network": network, "memory": memory_mb * 1024 * 1024,
            "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024, "nproc": nproc}
     command = [*_interpreter(uid is not None), _PRELUDE]
     if mode == "seatbelt":

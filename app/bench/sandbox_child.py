@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import resource
 import select
 import signal
 import struct
@@ -275,6 +276,11 @@ def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
         else:
             box = cfg["box"]
             if cfg["uid"] is not None:  # root without user namespaces: a private uid and netns
+                for name in cfg["preload"]:  # the interpreter's files may be unreadable by that uid
+                    try:
+                        __import__(name)
+                    except ImportError:
+                        pass
                 try:
                     isolation.unshare(isolation.CLONE_NEWNET)
                 except OSError:
@@ -322,8 +328,6 @@ def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
 
 
 def _limits(cfg, isolated: bool) -> None:
-    import resource
-
     nproc = cfg["nproc"]
     if not isolated and cfg["uid"] is None and _LINUX:
         # Unisolated, RLIMIT_NPROC counts every process of this user: allow what exists + nproc.
