@@ -56,14 +56,21 @@ def _rebuild_registry() -> dict:
                 fmt = detect_format(folder)
             except AdapterError:
                 continue
-            meta = folder / METADATA_FILE
-            trained = meta.exists() and '"training"' in meta.read_text(encoding="utf-8", errors="replace")
-            found.append(StoredAdapter(task, folder.name, folder, fmt, "trained" if trained else "found on disk",
-                                       folder.stat().st_mtime).to_json())
+            source = "trained" if "training" in _metadata(folder) else "found on disk"
+            found.append(StoredAdapter(task, folder.name, folder, fmt, source, folder.stat().st_mtime).to_json())
         if found:
             found.sort(key=lambda a: a["added"])
             reg[task] = {"adapters": found, "current": found[-1]["name"]}
     return reg
+
+
+def _metadata(folder: Path) -> dict:
+    """An adapter folder's loradesk.json, or {} when it has none (or an unreadable one)."""
+    try:
+        meta = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _registry() -> JsonFile:
@@ -138,14 +145,7 @@ def adapter_folder(task: str) -> Path | None:
 def default_name(folder: Path) -> str | None:
     """An adapter's name when none is given: its folder's real name (`.` is the current folder's),
     else the task run name recorded in its metadata."""
-    name = Path(folder).resolve().name
-    if name:
-        return name
-    meta = Path(folder) / METADATA_FILE
-    try:
-        return json.loads(meta.read_text(encoding="utf-8")).get("name") if meta.exists() else None
-    except (OSError, ValueError):
-        return None
+    return Path(folder).resolve().name or _metadata(Path(folder)).get("name")
 
 
 def add(task: str, folder: str | Path, name: str | None = None, source: str | None = None,
