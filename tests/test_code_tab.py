@@ -54,7 +54,8 @@ SCRIPT = textwrap.dedent(r'''
         QTimer.singleShot(30, answer)
         tab.run_code()
         end = time.time() + 60
-        while time.time() < end and (not tab.run_btn.isEnabled() or tab.sandbox_output.toPlainText().startswith("running")):
+        while time.time() < end and (not tab.run_btn.isEnabled()
+                                     or tab.sandbox_output.toPlainText().startswith("running")):
             app.processEvents()
             time.sleep(0.01)
         outs.append(tab.sandbox_output.toPlainText())

@@ -360,7 +360,8 @@ def test_forged_pass_markers_do_not_pass(problems):
     p = problems["HumanEval/23"]
     wrong = p["prompt"] + "    return 0\n"
     forgeries = {
-        "prelude variables": "import __main__\n__main__._write(1, b'\\n' + __main__._nonce + b'\\n')\n__main__._exit(0)\n",
+        "prelude variables": ("import __main__\n__main__._write(1, b'\\n' + __main__._nonce + b'\\n')\n"
+                              "__main__._exit(0)\n"),
         "verdict on every descriptor": textwrap.dedent("""
             import os
             line = b'{"isolation": "namespaces", "reason": ""}\\n{"exit": 0, "ended": true, "checks": "passed"}\\n'
@@ -378,7 +379,12 @@ def test_forged_pass_markers_do_not_pass(problems):
         assert not r.passed, name
     # An object equal to everything does not cross the pipe; a program's own `abs` does not replace
     # the checks' builtin (HumanEval/2's checks use abs()).
-    always_equal = p["prompt"] + "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n"
+    always_equal = p["prompt"] + textwrap.indent(textwrap.dedent("""
+        class Any:
+            def __eq__(self, other):
+                return True
+        return Any()
+    """), "    ")
     r = check_program(always_equal, p["test"], p["entry_point"])
     assert not r.passed and "cannot be passed" in r.stderr
     p2 = problems["HumanEval/2"]
@@ -425,7 +431,15 @@ def test_values_cross_between_program_and_checks_exactly():
 
 def test_raised_errors_reach_the_checks():
     program = "def f(x):\n    raise ValueError('bad ' + str(x))\n"
-    test = "def check(candidate):\n    try:\n        candidate(1)\n    except ValueError as e:\n        assert 'bad 1' in str(e)\n    else:\n        raise AssertionError\n"
+    test = textwrap.dedent("""
+        def check(candidate):
+            try:
+                candidate(1)
+            except ValueError as e:
+                assert 'bad 1' in str(e)
+            else:
+                raise AssertionError
+    """)
     assert check_program(program, test, "f").passed
 
 
@@ -483,22 +497,27 @@ def _hostile(home: Path, secret: Path, marker: Path, port: int, problems) -> dic
         "fork bomb": ("run", "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()\n", {"timeout": 2}),
         "infinite loop": ("run", "while True:\n    pass\n", {"timeout": 1.5}),
         "10 GB allocation": ("run", "x = bytearray(10 * 1024 ** 3)\nprint(len(x))\n", {"memory_mb": 512}),
-        "socket": ("run", f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n", {"timeout": 5}),
+        "socket": ("run", f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n",
+                   {"timeout": 5}),
         "socket via ctypes": ("run", RAW_CONNECT.format(port=port), {"timeout": 5}),
         "os.system": ("run", f"import os\nos.system('touch {m}')\n", {}),
         "system() via ctypes": ("run", f"import ctypes\nassert ctypes.CDLL(None).system(b'touch {m}') == 0\n", {}),
         "write outside": ("run", f"open({m!r}, 'w').write('x')\n", {}),
-        "write outside via ctypes": ("run", f"import ctypes\nassert ctypes.CDLL(None).open({m.encode()!r}, 0o101, 0o644) >= 0\n", {}),
+        "write outside via ctypes": ("run", f"import ctypes\nassert ctypes.CDLL(None).open({m.encode()!r}, 0o101, 0o644)"
+                                            " >= 0\n", {}),
         "read home": ("run", f"print(open({s!r}).read())\n", {}),
         "read home via ctypes": ("run", f"import ctypes\nassert ctypes.CDLL(None).open({s.encode()!r}, 0) >= 0\n", {}),
         "truncate with os.open": ("run", f"import os\nos.open({s!r}, os.O_RDONLY | os.O_TRUNC)\n", {}),
-        "truncate via ctypes": ("run", f"import ctypes\nassert ctypes.CDLL(None).open({s.encode()!r}, 0o1000) >= 0\n", {}),
-        "sqlite3 outside": ("run", f"import sqlite3\nsqlite3.connect({str(home / 'escape.db')!r}).execute('create table t(x)')\n", {}),
+        "truncate via ctypes": ("run", f"import ctypes\nassert ctypes.CDLL(None).open({s.encode()!r}, 0o1000) >= 0\n",
+                                {}),
+        "sqlite3 outside": ("run", f"import sqlite3\nsqlite3.connect({str(home / 'escape.db')!r})"
+                                   ".execute('create table t(x)')\n", {}),
         "sys.exit(0) before the checks": ("check", wrong + "import sys\nsys.exit(0)\n", {}),
         "forged marker": ("check", wrong + "import __main__\n__main__._write(1, b'\\n' + __main__._nonce + b'\\n')\n"
                                            "__main__._exit(0)\n", {}),
         "forged verdict on every descriptor": ("check", wrong + "import os\nfor fd in range(256):\n    try:\n"
-                                               "        os.write(fd, b'{\"exit\": 0, \"ended\": true, \"checks\": \"passed\"}\\n')\n"
+                                               "        os.write(fd, b'{\"exit\": 0, \"ended\": true, "
+                                               "\"checks\": \"passed\"}\\n')\n"
                                                "    except OSError:\n        pass\nos._exit(0)\n", {}),
         "stdout flood": ("run", "while True:\n    print('x' * 1000)\n", {"timeout": 20}),
     }
@@ -622,7 +641,8 @@ def as_ordinary_user(ordinary_user, problems):
     finally:
         srv.close()
     uid = pwd.getpwnam(user).pw_uid
-    return {"results": results, "fallback": fallback, "no_mount": no_mount, "connections": connections, "secret": secret.read_text(),
+    return {"results": results, "fallback": fallback, "no_mount": no_mount, "connections": connections,
+            "secret": secret.read_text(),
             "before": before, "after": {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()},
             "left": [p.pid for p in psutil.process_iter(["uids", "status"]) if p.info["uids"]
                      and p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE],
@@ -649,7 +669,8 @@ def test_hostile_program_as_ordinary_user(as_ordinary_user, name):
     res = _user_results(as_ordinary_user)
     assert set(as_ordinary_user["hostile"]) == set(HOSTILE_NAMES)
     r = res[name]
-    timeout = {"fork bomb": 2, "infinite loop": 1.5, "stdout flood": 20, "socket": 5, "socket via ctypes": 5}.get(name, 10)
+    timeout = {"fork bomb": 2, "infinite loop": 1.5, "stdout flood": 20, "socket": 5,
+               "socket via ctypes": 5}.get(name, 10)
     assert not r["passed"], (name, r["status"], r["stdout"][-500:], r["stderr"][-500:])
     assert r["isolated"] and r["isolation"] == "namespaces"
     assert r["duration"] < timeout + 4, r["duration"]

@@ -228,10 +228,11 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
     mode, why = _mode()
     if _broken:  # namespaces were made but could not be set up here: do not try again
         mode, why = "none", _broken[0]
-    cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root), "program": code, "test": test, "prompt": prompt,
-           "entry_point": entry_point, "name": name, "uid": uid, "mode": mode, "why": why,
-           "allow_unisolated": allow_unisolated, "preload": PRELOAD, "network": network, "memory": memory_mb * 1024 * 1024,
-           "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024, "nproc": nproc}
+    cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root),
+           "program": code, "test": test, "prompt": prompt, "entry_point": entry_point, "name": name, "uid": uid,
+           "mode": mode, "why": why, "allow_unisolated": allow_unisolated, "preload": PRELOAD, "network": network,
+           "memory": memory_mb * 1024 * 1024, "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024,
+           "nproc": nproc}
     command = [*_interpreter(uid is not None), _PRELUDE]
     if mode == "seatbelt":
         command = ["/usr/bin/sandbox-exec", "-p", isolation.seatbelt_profile(str(box), _macos_dirs()), *command]
