@@ -16,8 +16,13 @@ REPO = "someorg/tiny-model"
 
 
 def _files() -> dict[str, bytes]:
+    import numpy as np
+    from safetensors.numpy import save
+
+    # A real safetensors file (the store checks its header against its size) of random weights.
+    weights = save({"w": np.frombuffer(os.urandom(10 * BLOCK + 123), dtype=np.uint8)})
     return {"config.json": b'{"model_type": "qwen2"}', "tokenizer.json": b"{}" * 100,
-            "model.safetensors": os.urandom(10 * BLOCK + 123), "README.md": b"not fetched"}
+            "model.safetensors": weights, "README.md": b"not fetched"}
 
 
 def test_download_reports_bytes_as_they_arrive(monkeypatch):

@@ -106,7 +106,8 @@ def test_sandbox_runs_through_a_frozen_executable(tmp_path, monkeypatch):
 
 
 def test_default_engine_falls_back_to_the_installed_one(monkeypatch):
-    """An MLX-only bundle on Linux (or a torch-less install) must not default to a missing engine."""
+    """llama.cpp off Apple Silicon without CUDA, torch with CUDA, MLX on Apple Silicon; a bundle
+    without one of them (or a partial install) never defaults to a missing engine."""
     import platform
     import sys
 
@@ -115,16 +116,26 @@ def test_default_engine_falls_back_to_the_installed_one(monkeypatch):
     monkeypatch.delenv("LORADESK_ENGINE", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    assert set(engines.installed_engines()) == {"mlx", "torch"}  # this test environment has both
+    monkeypatch.setattr(engines, "has_cuda", lambda: False)
+    assert set(engines.installed_engines()) == {"mlx", "torch", "llamacpp"}  # this test environment has all
+    kind, why = engines.default_engine()
+    assert kind == "llamacpp" and "no Apple Silicon or CUDA" in why
+    monkeypatch.setattr(engines, "has_cuda", lambda: True)
     assert engines.default_engine()[0] == "torch"
+    monkeypatch.setattr(engines, "has_cuda", lambda: False)
+    monkeypatch.setattr(engines, "installed_engines", lambda: ["mlx", "torch"])
+    kind, why = engines.default_engine()
+    assert kind == "torch" and "llama-cpp-python is not installed" in why
     monkeypatch.setattr(engines, "installed_engines", lambda: ["mlx"])
     kind, why = engines.default_engine()
-    assert kind == "mlx" and "torch is not installed" in why
+    assert kind == "mlx" and "neither llama-cpp-python nor torch" in why
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(platform, "machine", lambda: "arm64")
     assert engines.default_engine()[0] == "mlx"
-    monkeypatch.setattr(engines, "installed_engines", lambda: ["torch"])
-    assert engines.default_engine()[0] == "torch"
+    monkeypatch.setattr(engines, "installed_engines", lambda: ["llamacpp"])
+    assert engines.default_engine()[0] == "llamacpp"
+    monkeypatch.setenv("LORADESK_ENGINE", "torch")
+    assert engines.default_engine() == ("torch", "set by LORADESK_ENGINE")
 
 
 def test_self_test_jobs_check_runs_a_spawned_process():

@@ -226,8 +226,8 @@ def test_corrupt_adapter_is_reported_and_the_app_keeps_working(qtbot, tiny_qwen,
 
     # A good folder added through the panel repairs the math tab.
     w = win.models_panel.add_adapter("math", str(adapters["math"]))
-    qtbot.waitUntil(lambda: "math" in engine.adapters, timeout=WAIT_MS)
-    assert "math" not in win.host.problems
+    # The worker adds it, then the window hears of it (a signal): wait for both.
+    qtbot.waitUntil(lambda: "math" in engine.adapters and "math" not in win.host.problems, timeout=WAIT_MS)
     win.close()
 
 

@@ -62,7 +62,10 @@ def memory_check(ref: str, model_bytes: int, held_bytes: int, factor: float = ME
 def model_bytes_on_disk(ref: str, kind: str) -> int:
     from app.models import resolve_model
 
-    return sum(f.stat().st_size for f in Path(resolve_model(ref, engine=kind)).glob("*.safetensors"))
+    path = Path(resolve_model(ref, engine=kind))
+    if path.is_file():  # a GGUF file (llamacpp)
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 def model_is_local(ref: str) -> bool:
