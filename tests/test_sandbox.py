@@ -554,11 +554,11 @@ def _blocked_dirs(paths) -> dict[str, list[str]]:
     return out
 
 
-def _as_user(user: str, home: Path, stage: Path, job: dict) -> dict:
+def _as_user(user: str, home: Path, stage: Path, job: dict, backend: str = "") -> dict:
     """Run DRIVER with the repo's Python as `user` (root only) and return its results."""
     driver = stage / "driver.py"
     driver.write_text(DRIVER)
-    env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}", "LANG=C.UTF-8"]
+    env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}", "LANG=C.UTF-8", f"LORADESK_SANDBOX={backend}"]
     run = [*env, sys.executable, str(driver)]
     if ROOT:
         needed = [sys.base_prefix, sys.prefix, sandbox._APP_PATH, str(stage)]
@@ -622,13 +622,19 @@ def as_ordinary_user(ordinary_user, problems):
         p23 = problems["HumanEval/23"]
         controls = {
             "control: canonical solution": ("check", p23["prompt"] + p23["canonical_solution"], {}),
-            "control: own folder": ("run", "open('x.txt', 'w').write('ok')\nprint(open('x.txt').read())\n", {}),
+            "control: own folder": ("run", "open('x.txt', 'w').write('ok')\nprint(open('x.txt').read())\n"
+                                           "import ctypes\nlibc = ctypes.CDLL(None)\nfd = libc.open(b'/dev/null', 1)\n"
+                                           "assert fd >= 0 and libc.write(fd, b'gone', 4) == 4\n", {}),
             "control: network allowed": ("run", RAW_CONNECT.format(port=port), {"network": True, "timeout": 5}),
         }
         cases = [{"name": n, "kind": k, "code": c, "test": p23["test"], "entry": p23["entry_point"], "kwargs": kw}
                  for n, (k, c, kw) in {**hostile, **controls}.items()]
         results = _as_user(user, home, stage, {"no_userns": False, "no_mount": False, "cases": cases})
         connections = len(got)
+        # The same programs through bubblewrap, where it is installed (used when our set-up is refused).
+        bwrap = (_as_user(user, home, stage, {"no_userns": False, "no_mount": False, "cases": cases}, "bwrap")
+                 if shutil.which("bwrap") else None)
+        bwrap_connections = len(got) - connections
         # The same user on a system without user namespaces: refused, unless allowed (then it reads).
         unisolated = [{"name": n, "kind": "run", "code": f"print(open({str(secret)!r}).read())\n", "test": None,
                        "entry": None, "kwargs": kw}
@@ -641,7 +647,8 @@ def as_ordinary_user(ordinary_user, problems):
     finally:
         srv.close()
     uid = pwd.getpwnam(user).pw_uid
-    return {"results": results, "fallback": fallback, "no_mount": no_mount, "connections": connections,
+    return {"results": results, "bwrap": bwrap, "bwrap_connections": bwrap_connections,
+            "fallback": fallback, "no_mount": no_mount, "connections": connections,
             "secret": secret.read_text(),
             "before": before, "after": {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()},
             "left": [p.pid for p in psutil.process_iter(["uids", "status"]) if p.info["uids"]
@@ -664,15 +671,20 @@ def _user_results(as_ordinary_user):
     return res
 
 
+@pytest.mark.parametrize("backend", ["namespaces", "bwrap"])
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_hostile_program_as_ordinary_user(as_ordinary_user, name):
+def test_hostile_program_as_ordinary_user(as_ordinary_user, name, backend):
     res = _user_results(as_ordinary_user)
+    if backend == "bwrap":
+        if as_ordinary_user["bwrap"] is None:
+            pytest.skip("bubblewrap is not installed (it is optional)")
+        res = as_ordinary_user["bwrap"]
     assert set(as_ordinary_user["hostile"]) == set(HOSTILE_NAMES)
     r = res[name]
     timeout = {"fork bomb": 2, "infinite loop": 1.5, "stdout flood": 20, "socket": 5,
                "socket via ctypes": 5}.get(name, 10)
     assert not r["passed"], (name, r["status"], r["stdout"][-500:], r["stderr"][-500:])
-    assert r["isolated"] and r["isolation"] == "namespaces"
+    assert r["isolated"] and r["isolation"] == backend
     assert r["duration"] < timeout + 4, r["duration"]
     assert as_ordinary_user["secret"] not in r["stdout"] + r["stderr"]
 
@@ -685,8 +697,13 @@ def test_ordinary_user_home_is_intact(as_ordinary_user):
     assert not as_ordinary_user["left"], "processes of the user survived the sandbox"
 
 
-def test_ordinary_user_what_each_layer_said(as_ordinary_user):
+@pytest.mark.parametrize("backend", ["namespaces", "bwrap"])
+def test_ordinary_user_what_each_layer_said(as_ordinary_user, backend):
     res = _user_results(as_ordinary_user)
+    if backend == "bwrap":
+        if as_ordinary_user["bwrap"] is None:
+            pytest.skip("bubblewrap is not installed (it is optional)")
+        res = as_ordinary_user["bwrap"]
     assert res["infinite loop"]["status"] == "timed out" and res["fork bomb"]["status"] == "timed out"
     assert res["stdout flood"]["status"] == "output limit"
     assert "MemoryError" in res["10 GB allocation"]["stderr"]
@@ -704,6 +721,10 @@ def test_ordinary_user_controls(as_ordinary_user):
     assert res["control: canonical solution"]["passed"]
     assert res["control: own folder"]["passed"] and res["control: own folder"]["stdout"].strip() == "ok"
     assert res["control: network allowed"]["passed"] and as_ordinary_user["connections"] >= 1
+    if as_ordinary_user["bwrap"]:
+        bw = as_ordinary_user["bwrap"]
+        assert all(bw[n]["passed"] and bw[n]["isolation"] == "bwrap" for n in bw if n.startswith("control:"))
+        assert as_ordinary_user["bwrap_connections"] >= 1
     fb = as_ordinary_user["fallback"]
     assert fb["refused"]["status"] == "not isolated" and not fb["refused"]["passed"]
     assert "cannot be isolated" in fb["refused"]["stderr"] and fb["refused"]["stdout"] == ""

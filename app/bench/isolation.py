@@ -170,6 +170,26 @@ def drop_privileges(set_ids: bool) -> None:
     _check(_libc.capset(header, data), "capset")
 
 
+def bwrap_command(box: str, extra_dirs: list[str], network: bool = False) -> list[str]:
+    """The same new root through bubblewrap, where it is installed and our own set-up is refused
+    (Ubuntu's AppArmor lets bwrap, not every program, use user namespaces). The whole child runs
+    inside, the monitor too: it is not dumpable, so the program still cannot reach its verdict."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if network:
+        args.append("--share-net")
+    for path in (*SYSTEM_DIRS, *SYSTEM_FILES):
+        if path.startswith("/dev/") or not os.path.lexists(path):
+            continue
+        if os.path.islink(path) and path in SYSTEM_DIRS:
+            args += ["--symlink", os.readlink(path), path]
+        else:
+            args += ["--ro-bind", path, path]
+    args += ["--dev", "/dev"]
+    for path in extra_dirs:
+        args += ["--ro-bind", path, path]
+    return [*args, "--bind", box, BOX, "--chdir", BOX, "--remount-ro", "/dev", "--remount-ro", "/"]
+
+
 def seatbelt_profile(box: str, read_dirs: list[str]) -> str:
     """A macOS Seatbelt (sandbox-exec) profile with the Linux rules: no network, reads only of the
     system and Python directories, writes only in `box`. Not run in this project's CI (Linux)."""

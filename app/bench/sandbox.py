@@ -107,6 +107,7 @@ def _site_packages() -> tuple[str, ...]:
 
 
 _broken: list[str] = []  # why namespaces, though created, could not be set up (once seen, for good)
+_bwrap_broken: list[str] = []  # why bubblewrap could not start (idem)
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,26 +226,50 @@ def _sandboxed(code, test, entry_point, timeout, memory_mb, cpu_seconds, nproc, 
             os.chown(p, uid, uid)
         os.chmod(box, 0o700)
         os.chmod(work, 0o711)  # unisolated, the private uid must pass through to its box
-    mode, why = _mode()
-    if _broken:  # namespaces were made but could not be set up here: do not try again
-        mode, why = "none", _broken[0]
+    mode, why = _choose()
     cfg = {"app_path": _APP_PATH, "site_packages": _site_packages(), "box": str(box), "root": str(root),
            "program": code, "test": test, "prompt": prompt, "entry_point": entry_point, "name": name, "uid": uid,
            "mode": mode, "why": why, "allow_unisolated": allow_unisolated, "preload": PRELOAD, "network": network,
            "memory": memory_mb * 1024 * 1024, "cpu": int(cpu_seconds or timeout + 1), "fsize": file_mb * 1024 * 1024,
            "nproc": nproc}
-    command = [*_interpreter(uid is not None), _PRELUDE]
-    if mode == "seatbelt":
-        command = ["/usr/bin/sandbox-exec", "-p", isolation.seatbelt_profile(str(box), _macos_dirs()), *command]
     try:
-        res = _run(command, cfg, work, uid, timeout)
-        if res.status == "not isolated" and _broken and mode != "none" and allow_unisolated:
-            cfg.update(mode="none", why=_broken[0])
-            res = _run([*_interpreter(uid is not None), _PRELUDE], cfg, work, uid, timeout)
-        return res
+        while True:
+            res = _run(_command(cfg, str(box), uid), cfg, str(box), uid, timeout)
+            if res.status != "not isolated":
+                return res
+            # A way that failed is not tried again (this run or later ones); the next one may hold.
+            if mode == "namespaces" and _broken or mode == "bwrap" and _bwrap_broken:
+                mode, why = _choose()
+                if mode != "none" or allow_unisolated:
+                    cfg.update(mode=mode, why=why, box=str(box))
+                    continue
+            return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
         _release_uid(uid)
+
+
+def _choose() -> tuple[str, str]:
+    """The isolation to use now: the platform's own; bubblewrap where our namespaces were refused
+    (or LORADESK_SANDBOX=bwrap asks for it); "none" with the reason where nothing works."""
+    mode, why = _mode()
+    bwrap = os.geteuid() != 0 and shutil.which("bwrap") and not _bwrap_broken
+    if mode == "namespaces" and bwrap and (_broken or os.environ.get("LORADESK_SANDBOX") == "bwrap"):
+        return "bwrap", ""
+    if mode == "namespaces" and _broken:
+        return "none", _broken[0] + (f"; bubblewrap: {_bwrap_broken[0]}" if _bwrap_broken else "")
+    return mode, why
+
+
+def _command(cfg: dict, box: str, uid) -> list[str]:
+    command = [*_interpreter(uid is not None), _PRELUDE]
+    if cfg["mode"] == "seatbelt":
+        return ["/usr/bin/sandbox-exec", "-p", isolation.seatbelt_profile(box, _macos_dirs()), *command]
+    if cfg["mode"] == "bwrap":
+        cfg["box"] = isolation.BOX  # the child's view
+        dirs = [*isolation.python_dirs(_site_packages()), os.path.join(_APP_PATH, "app")]
+        return [*isolation.bwrap_command(box, dirs, cfg["network"]), *command]
+    return command
 
 
 @functools.lru_cache(maxsize=1)
@@ -252,8 +277,8 @@ def _macos_dirs() -> list[str]:
     return [*isolation.python_dirs(_site_packages()), os.path.join(_APP_PATH, "app")]  # the child imports app.bench
 
 
-def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
-    env = {"PATH": "/usr/bin:/bin", "HOME": cfg["box"], "TMPDIR": cfg["box"], "LANG": "C.UTF-8",
+def _run(command, cfg: dict, box: str, uid, timeout) -> SandboxResult:
+    env = {"PATH": "/usr/bin:/bin", "HOME": box, "TMPDIR": box, "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8",
            "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9", "no_proxy": ""}
     verdict_r, verdict_w = os.pipe()
@@ -261,7 +286,7 @@ def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
     start = time.perf_counter()
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cfg["box"], env=env, start_new_session=True, close_fds=True,
+                                cwd=box, env=env, start_new_session=True, close_fds=True,
                                 pass_fds=(verdict_w,))
     finally:
         os.close(verdict_w)
@@ -295,6 +320,11 @@ def _run(command, cfg: dict, work: Path, uid, timeout) -> SandboxResult:
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     exit_code = end.get("exit", proc.returncode)
     refused = setup and "exit" not in end and setup.get("isolation") is None and not timed_out
+    if cfg["mode"] == "bwrap" and not setup and not timed_out:  # bwrap itself failed: no child ran
+        reason = (err.decode("utf-8", "replace").strip().splitlines() or ["it exited at once"])[-1]
+        if not _bwrap_broken:
+            _bwrap_broken.append(reason)
+        refused, setup, stderr = True, {"isolation": None, "reason": f"bubblewrap: {reason}"}, ""
     if end.get("setup_error"):
         if setup.get("isolation") == "namespaces" and not _broken:
             _broken.append(end["setup_error"])

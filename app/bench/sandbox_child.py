@@ -120,8 +120,8 @@ def main(line: str) -> None:
             isolated = "namespaces"
         except OSError as e:
             reason = f"could not map the user ids: {e}"
-    elif cfg["mode"] == "seatbelt":
-        isolated = "seatbelt"
+    elif cfg["mode"] in ("seatbelt", "bwrap"):  # the whole child runs inside already
+        isolated = cfg["mode"]
     elif cfg["mode"] == "none":
         reason = cfg["why"]
     _say(vfd, {"isolation": isolated, "reason": reason})
@@ -290,7 +290,7 @@ def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
                 os.setuid(cfg["uid"])
         os.chdir(box)
         os.environ.update(HOME=box, TMPDIR=box)
-        _limits(cfg, isolated)
+        _limits(cfg, own_userns=isolated or cfg["mode"] == "bwrap")
         if _LINUX:  # after the uid and capability changes, which clear it
             isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([life], [], [], 0)[0]:
@@ -327,10 +327,11 @@ def _program(cfg, isolated: bool, ended_w: int, rpc, stale, life: int) -> None:
     os._exit(code & 0xFF)
 
 
-def _limits(cfg, isolated: bool) -> None:
+def _limits(cfg, own_userns: bool) -> None:
     nproc = cfg["nproc"]
-    if not isolated and cfg["uid"] is None and _LINUX:
-        # Unisolated, RLIMIT_NPROC counts every process of this user: allow what exists + nproc.
+    if not own_userns and cfg["uid"] is None and _LINUX:
+        # Outside a user namespace of its own RLIMIT_NPROC counts every process of this user:
+        # allow what exists + nproc.
         me = os.getuid()
         nproc += sum(1 for p in os.listdir("/proc") if p.isdigit() and _owner(p) == me)
     for kind, value in ((resource.RLIMIT_AS, cfg["memory"]), (resource.RLIMIT_CPU, cfg["cpu"]),
