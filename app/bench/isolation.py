@@ -5,7 +5,8 @@ through ctypes), and a new root built on a tmpfs from read-only bind mounts of t
 directories plus one writable work folder (`/box`, also its home). The old root is detached, so the
 user's files, /home, /root and /tmp are simply not there; the network namespace has no interface
 but a down loopback. Then every capability is dropped (the bounding set too, with no_new_privs), so
-the mounts cannot be undone. macOS: a Seatbelt profile with the same rules (`seatbelt_profile`).
+the mounts cannot be undone. Where a rule refuses us that set-up but lets bubblewrap do it, the same
+root through bwrap (`bwrap_command`). macOS: a Seatbelt profile with the same rules (`seatbelt_profile`).
 
 Imported by the sandbox's child process before any model code runs; uses only the standard library.
 """

@@ -3,8 +3,9 @@
 Layers, outermost first (each one holds even if the program defeats the ones inside it):
 - isolation (app/bench/isolation.py), no root needed: on Linux its own user, mount, network, PID,
   IPC and UTS namespaces and a new root holding only the system and Python directories (read-only)
-  and a private work folder, which is also its home; no capabilities. On macOS a Seatbelt profile.
-  Where neither can be set up the program is not run ("not isolated") unless the caller allows it;
+  and a private work folder, which is also its home; no capabilities. Where that set-up is refused
+  (Ubuntu's AppArmor rule) the same root through bubblewrap, if installed. On macOS a Seatbelt
+  profile. Where none works the program is not run ("not isolated") unless the caller allows it;
 - its own session/process group, PID namespace and, when we are root, its own unused uid: on
   timeout the group is killed and the rest of the namespace dies with its first process;
 - resource limits: address space (memory), CPU seconds, file size, open files, core dumps, and
