@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from app.tasks import GenerationSettings
 
@@ -76,7 +76,8 @@ class Engine(ABC):
     def __init__(self):
         self.model_info: ModelInfo | None = None
         self.adapters: dict[str, AdapterInfo] = {}
-        self.active: str | None = None
+        self.active: str | None = None  # an adapter name, a mix's label (mix.label) or None
+        self._mix: dict[str, float] = {}  # the weights behind `active` when it is a mix
         # One generation at a time: the hot-swap must never happen mid-answer.
         self._lock = threading.RLock()
 
@@ -109,17 +110,50 @@ class Engine(ABC):
         with self._lock:
             self._drop(name)
             del self.adapters[name]
-            if self.active == name:
+            if self.active == name or name in self.mix:
                 self._route(None)
                 self.active = None
 
     def activate(self, name: str | None) -> None:
-        """Make `name` the active adapter (None: the plain base model). No weights move."""
+        """Make `name` the active adapter (None: the plain base model). No weights move.
+        A {name: weight} mapping activates that mix (`activate_mix`)."""
+        if isinstance(name, Mapping):  # lets the app's and the server's jobs carry a mix as their adapter
+            return self.activate_mix(name)
         if name is not None and name not in self.adapters:
             self.check_adapter_name(name)
         with self._lock:  # waits for a running generation: never mix adapters in one answer
             self._route(name)
             self.active = name
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """The active adapters and their weights: {} for the base model, {name: 1.0} for one."""
+        from app.engine.mix import label
+
+        if self._mix and self.active == label(self._mix):
+            return dict(self._mix)
+        return {} if self.active is None else {self.active: 1.0}
+
+    def activate_mix(self, weights: Mapping[str, float]) -> None:
+        """Make a weighted sum of resident adapters active: every adapted layer adds each adapter's
+        own delta times its weight, sum_i w_i s_i (x A_i) B_i (exact; A and B are never averaged).
+        Weights need not sum to 1; an empty (or all-zero) mix is the base model. Like `activate`,
+        it waits for a running generation, and no weights move."""
+        from app.engine.mix import check_names, check_weights, label
+
+        weights = check_weights(weights)
+        check_names(weights, self.adapters)
+        with self._lock:
+            if not weights:
+                self._route(None)
+                self.active = None
+                return
+            self._route_mix(tuple(weights.items()))
+            self._mix, self.active = weights, label(weights)
+
+    def _route_mix(self, pairs: tuple[tuple[str, float], ...]) -> None:
+        """Point the LoRA layers at these (adapter, weight) pairs; engines that can mix override it."""
+        raise EngineError(f"the {self.kind} engine cannot mix adapters")
 
     @abstractmethod
     def _route(self, name: str | None) -> None:

@@ -303,6 +303,10 @@ class LlamaCppEngine(Engine):
     def _route(self, name: str | None) -> None:
         self._set(() if name is None else ((name, 1.0),))
 
+    def _route_mix(self, pairs) -> None:
+        # llama.cpp scales each adapter's own delta: y += scale * (alpha / r) * B A x, per adapter.
+        self._set(tuple(pairs))
+
     def _set(self, pairs: tuple, force: bool = False) -> None:
         """Point the context at these (adapter, scale) pairs: one llama_set_adapters_lora call.
         A different set makes the KV cache stale; _prepare_cache sees that from _cache_owner."""

@@ -29,14 +29,16 @@ log = logging.getLogger(__name__)
 class ActiveAdapter:
     """The one piece of state a switch changes, shared by every MultiLoRALinear of a model."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "mix")
 
     def __init__(self):
         self.name: str | None = None
+        self.mix: tuple[tuple[str, float], ...] | None = None  # (name, weight) pairs; None: `name` alone
 
 
 class MultiLoRALinear(nn.Module):
-    """y = base(x) + (x A) (s B) for the active adapter, or base(x) when it has none here."""
+    """y = base(x) + (x A) (s B) for the active adapter, or base(x) when it has none here; for a
+    mix, y = base(x) + sum of w (x A) (s B) over the mix's adapters that target this layer."""
 
     def __init__(self, base: nn.Module, active: ActiveAdapter):
         super().__init__()
@@ -47,6 +49,14 @@ class MultiLoRALinear(nn.Module):
 
     def __call__(self, x):
         y = self.base(x)
+        mix = self._active.mix
+        if mix is not None:
+            for name, w in mix:
+                pair = self._lora.pairs.get(name)
+                if pair is not None:
+                    a, b = pair
+                    y = y + (w * ((x @ a) @ b)).astype(y.dtype)
+            return y
         pair = self._lora.pairs.get(self._active.name)
         if pair is None:
             return y
@@ -193,7 +203,10 @@ class MLXEngine(Engine):
             wrapper._lora.pairs.pop(name, None)
 
     def _route(self, name: str | None) -> None:
-        self._active.name = name
+        self._active.mix, self._active.name = None, name
+
+    def _route_mix(self, pairs) -> None:
+        self._active.name, self._active.mix = None, tuple(pairs)
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

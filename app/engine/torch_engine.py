@@ -67,10 +67,11 @@ def upcast_adapters(device: str) -> bool:
 class SharedActive:
     """The one piece of state a switch changes, read by every PEFT LoRA layer of the model."""
 
-    __slots__ = ("names",)
+    __slots__ = ("names", "weights")
 
     def __init__(self):
         self.names: list[str] = []  # PEFT's active_adapters: [] runs the base model
+        self.weights: dict[str, float] | None = None  # a mix's weight per name; None: each adapter as is
 
 
 _SHARED_CLASSES: dict[type, type] = {}
@@ -106,6 +107,9 @@ def _fast_forward(self, x, *args, **kwargs):
     walking its general path (dropout and module calls, per-call checks). That path costs about
     a third of the LoRA time on CPU, where 168 small layers run per token."""
     names = self._loradesk_active.names
+    weights = self._loradesk_active.weights
+    if weights is not None and not (args or kwargs or self.training or self.merged or self.disable_adapters):
+        return _mix_forward(self, x, names, weights)
     if len(names) != 1 or args or kwargs or self.training or self.merged or self.disable_adapters:
         return super(type(self), self).forward(x, *args, **kwargs)
     name = names[0]
@@ -116,6 +120,23 @@ def _fast_forward(self, x, *args, **kwargs):
     b = self.lora_B[name]
     lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b.weight, b.bias)
     return (result + lora * self.scaling[name]).to(result.dtype)
+
+
+def _mix_forward(self, x, names, weights):
+    """base(x) + sum over the mix of w * scale * B(A(x)): PEFT's own sum of active adapters, each
+    times its weight (PEFT alone would add them at weight 1). The same arithmetic as
+    `_fast_forward`, so a mix of one adapter at 1.0 gives that adapter's exact output."""
+    result = self.base_layer(x)
+    total = None
+    for name in names:
+        if name not in self.lora_A:
+            continue
+        a = self.lora_A[name].weight
+        b = self.lora_B[name]
+        lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b.weight, b.bias)
+        lora = lora * (self.scaling[name] * weights[name])
+        total = lora if total is None else total + lora
+    return result if total is None else (result + total).to(result.dtype)
 
 
 class _Detokenizer:
@@ -321,7 +342,15 @@ class TorchEngine(Engine):
         self._forget(name)
 
     def _route(self, name: str | None) -> None:
+        self._shared.weights = None
         self._shared.names = [] if name is None else [name]
+
+    def _route_mix(self, pairs) -> None:
+        variants = [n for n, _ in pairs if self.peft_model.peft_config[n].use_dora]
+        if variants:  # DoRA rescales the whole weight: its delta is not a B A term to weigh
+            raise EngineError(f"cannot mix {', '.join(variants)}: DoRA adapters do not add a plain delta")
+        self._shared.weights = dict(pairs)
+        self._shared.names = [n for n, _ in pairs]
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
