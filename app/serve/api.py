@@ -13,13 +13,13 @@ import json
 import logging
 import time
 import uuid
-from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.engine.base import EngineError
@@ -313,85 +313,32 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
         except QueueFull as e:
             raise ApiError(503, str(e), "server_error", code="queue_full",
                            headers={"Retry-After": str(e.retry_after)}) from None
-        ids = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        chunks = aclosing(chunks)
-        it = await chunks.__aenter__()
+        out = _Output(chat, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], target.id,
+                      _fingerprint(backend), bool((body.stream_options or {}).get("include_usage")))
+        streaming = False
         try:
             # Wait for the first piece (queue time + prompt) watching for the client leaving; a
             # request that fails before any text gets a real HTTP error status, stream or not.
-            first = await _until_disconnect(request, ticket, it.__anext__())
-        except BaseException:
-            await chunks.__aexit__(None, None, None)
-            raise
-        if first is None:  # client gone
-            await chunks.__aexit__(None, None, None)
-            return JSONResponse({}, status_code=499)
-        if not body.stream:
-            try:
-                pieces, last = [first.text], first
-                if not first.finish_reason:
-                    rest = await _until_disconnect(request, ticket, _collect(it))
-                    if rest is None:
-                        return JSONResponse({}, status_code=499)
-                    for c in rest:
-                        pieces.append(c.text)
-                        last = c
-            finally:
-                await chunks.__aexit__(None, None, None)
-            text = "".join(pieces)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                       "finish_reason": last.finish_reason} if chat else
-                      {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason})
-            return {"id": ids, "object": "chat.completion" if chat else "text_completion", "created": created,
-                    "model": target.id, "choices": [choice], "usage": _usage(last),
-                    "system_fingerprint": _fingerprint(backend)}
+            first = await _until_disconnect(request, ticket, chunks.__anext__())
+            if first is None:  # the client is gone: nobody reads an answer
+                return JSONResponse({}, status_code=499)
+            if not body.stream:
+                rest = [] if first.finish_reason else await _until_disconnect(request, ticket, _collect(chunks))
+                if rest is None:
+                    return JSONResponse({}, status_code=499)
+                return out.whole([first, *rest])
+            streaming = True
+        finally:
+            if not streaming:
+                await chunks.aclose()
 
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
-        obj = "chat.completion.chunk" if chat else "text_completion"
+        async def close() -> None:  # after the response, however it ended (also if never started)
+            ticket.cancel.set()
+            await chunks.aclose()
 
-        def event(choices, usage=None) -> str:
-            payload = {"id": ids, "object": obj, "created": created, "model": target.id,
-                       "system_fingerprint": _fingerprint(backend), "choices": choices}
-            if include_usage:
-                payload["usage"] = usage
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-        def piece(c) -> str:
-            if chat:
-                return event([{"index": 0, "delta": {"content": c.text}, "logprobs": None, "finish_reason": None}])
-            return event([{"index": 0, "text": c.text, "logprobs": None, "finish_reason": None}])
-
-        async def sse():
-            try:
-                if chat:
-                    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None}])
-                last = first
-                if first.text:
-                    yield piece(first)
-                if not first.finish_reason:
-                    async for c in it:
-                        last = c
-                        if c.text:
-                            yield piece(c)
-                done = ({"index": 0, "delta": {}, "logprobs": None, "finish_reason": last.finish_reason} if chat
-                        else {"index": 0, "text": "", "logprobs": None, "finish_reason": last.finish_reason})
-                yield event([done])
-                if include_usage:
-                    yield event([], _usage(last))
-                yield "data: [DONE]\n\n"
-            except Exception as e:  # after the headers: the error goes in the stream, as OpenAI's does
-                err = (e if isinstance(e, ApiError) else ApiError(400, str(e), code="engine_error")
-                       if isinstance(e, (EngineError, ValueError)) else ApiError(500, str(e), "server_error"))
-                if err.status == 500:
-                    log.error("stream failed: %s", e, exc_info=(type(e), e, e.__traceback__))
-                yield f"data: {json.dumps({'error': {'message': err.message, 'type': err.type, 'param': err.param, 'code': err.code}})}\n\n"
-            finally:  # also on disconnect (Starlette cancels this generator): the job is cancelled
-                await chunks.__aexit__(None, None, None)
-
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(out.events(first, chunks), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(close))
 
     return app
 
@@ -413,6 +360,68 @@ class _LoopbackHostOnly:
                                     code="host_not_allowed").response()
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+@dataclass
+class _Output:
+    """OpenAI's response and stream-event shapes for one answer (chat or text completion)."""
+
+    chat: bool
+    id: str
+    model: str
+    fingerprint: str
+    include_usage: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _choice(self, text: str | None, finish: str | None, delta: dict | None = None) -> dict:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if delta is not None:
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    def whole(self, chunks: list) -> dict:
+        last = chunks[-1]
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint,
+                "choices": [self._choice("".join(c.text for c in chunks), last.finish_reason)],
+                "usage": _usage(last)}
+
+    def _event(self, choices: list, usage: dict | None = None) -> str:
+        payload = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                   "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint,
+                   "choices": choices}
+        if self.include_usage:  # null on every chunk but the last, as OpenAI sends it
+            payload["usage"] = usage
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    async def events(self, first, rest):
+        """Server-sent events: role, text pieces, the finish reason, usage (when asked), [DONE]."""
+        try:
+            if self.chat:
+                yield self._event([self._choice(None, None, {"role": "assistant", "content": ""})])
+            last = first
+            if first.text:
+                yield self._event([self._choice(first.text, None, {"content": first.text})])
+            if not first.finish_reason:
+                async for c in rest:
+                    last = c
+                    if c.text:
+                        yield self._event([self._choice(c.text, None, {"content": c.text})])
+            yield self._event([self._choice("", last.finish_reason, {})])
+            if self.include_usage:
+                yield self._event([], _usage(last))
+            yield "data: [DONE]\n\n"
+        except Exception as e:  # after the headers: the error goes in the stream, as OpenAI's does
+            err = (e if isinstance(e, ApiError) else ApiError(400, str(e), code="engine_error")
+                   if isinstance(e, (EngineError, ValueError)) else ApiError(500, str(e), "server_error"))
+            if err.status == 500:
+                log.error("stream failed: %s", e, exc_info=(type(e), e, e.__traceback__))
+            body = {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+            yield f"data: {json.dumps(body)}\n\n"
+        finally:  # also when Starlette cancels the stream on disconnect: the job is cancelled
+            await rest.aclose()
 
 
 def _too_large(limit: int) -> ApiError:
