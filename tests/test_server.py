@@ -6,8 +6,6 @@ second stored math adapter. Every expected answer comes from the engine itself (
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 
