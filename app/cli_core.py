@@ -52,6 +52,9 @@ def register(sub, common):
     from app.cli_convert import add_commands  # models import, adapters export
 
     add_commands(msub, asub)
+    from app.cli_hub import add_commands as add_hub_commands  # adapters search, get, push
+
+    add_hub_commands(asub, common)
 
 
 def _read_text(text: str) -> str:

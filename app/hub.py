@@ -128,8 +128,10 @@ def _abort_xet_on_cancel(cancel, finished: threading.Event) -> None:
 
 
 def snapshot(repo_id: str, folder: Path, progress: ProgressFn | None = None, cancel=None,
-             allow_patterns=None) -> Path:
-    """Download `repo_id` into `folder`, calling `progress(DownloadProgress)` as bytes arrive.
+             allow_patterns=None, revision: str | None = None) -> Path:
+    """Download `repo_id` (at `revision`: a branch, tag or commit; default main) into `folder`, calling
+    `progress(DownloadProgress)` as bytes arrive. Every file comes from the one commit the revision
+    resolves to, so a push during the download cannot mix two versions.
 
     Files already complete are skipped; a cancel (the `cancel` Event set) raises Cancelled within one
     chunk. Small files go first, so a cancelled download keeps the config and tokenizer.
@@ -138,7 +140,7 @@ def snapshot(repo_id: str, folder: Path, progress: ProgressFn | None = None, can
 
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
-        GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+        GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
     from app.models import ModelUnavailable
@@ -146,7 +148,9 @@ def snapshot(repo_id: str, folder: Path, progress: ProgressFn | None = None, can
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelUnavailable(offline_message(repo_id, folder))
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except RevisionNotFoundError:
+        raise ModelUnavailable(f"{repo_id} has no revision {revision!r} on the Hugging Face hub") from None
     except RepositoryNotFoundError:
         raise ModelUnavailable(f"{repo_id} does not exist on the Hugging Face hub (or is private)") from None
     except GatedRepoError:

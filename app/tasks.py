@@ -82,6 +82,7 @@ class Task:
     training: TrainingDefaults
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     record_path: Path | None = None
+    hub_keywords: tuple[str, ...] = ()  # words that mark a Hub adapter as made for this task ([hub] keywords)
 
     def option_choices(self, option: str) -> list[str]:
         return list(self.options.get(option, {}))
@@ -134,6 +135,7 @@ def parse_record(data: dict, path: Path | None = None) -> Task:
             training=TrainingDefaults(**train),
             options={k: dict(v) for k, v in data.get("options", {}).items()},
             record_path=path,
+            hub_keywords=tuple(str(k).lower() for k in data.get("hub", {}).get("keywords", ())),
         )
     except KeyError as e:
         raise ValueError(f"task record {where}: missing field {e.args[0]!r}") from None

@@ -53,6 +53,10 @@ def register(sub, common):
     t.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a busy CPU)")
     t.add_argument("--name", help="adapter name in the store (default: TASK-DATE-TIME)")
     t.add_argument("--no-register", action="store_true", help="keep the adapter in the run folder only")
+    t.add_argument("--estimate", action="store_true",
+                   help="do not train: time a few steps on this machine and say how long the run would take and "
+                        "how much memory it needs (per engine: --engine, else every engine that trains here)")
+    t.add_argument("--estimate-steps", type=int, default=3, metavar="N", help="steps to time for --estimate (3)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="inspect training data")
@@ -147,6 +151,8 @@ def cmd_train(args) -> int:
     from training import api
     from training.callbacks import TqdmCallback
 
+    if args.estimate:
+        return cmd_estimate(args)
     cancel = threading.Event()
     bar = TqdmCallback()
     if args.resume:
@@ -165,6 +171,29 @@ def cmd_train(args) -> int:
     finally:
         bar.close()
     print(folder)
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    """`train --estimate`: each engine measured in its own process (its peak memory is its own)."""
+    from app.engine import installed_engines
+    from app.session import TRAINERS
+    from training.estimate import estimate_in_child
+
+    if args.resume:
+        raise ValueError("--estimate measures a new run; it cannot be combined with --resume")
+    engines = [args.engine] if args.engine else [k for k in TRAINERS if k in installed_engines()]
+    if not engines:
+        raise ValueError("no engine that trains (torch or mlx) is installed")
+    config = config_from_args(args)
+    cancel = threading.Event()
+    say = lambda r: r.get("message") and print(r["message"], file=sys.stderr, flush=True)  # noqa: E731
+    print(f"estimate for {config.task}: {config.iters or '?'} steps, batch {config.batch_size}, max "
+          f"{config.max_seq_length} tokens, measuring {args.estimate_steps} steps on this machine")
+    for engine in engines:
+        est = run_interruptible(lambda e=engine: estimate_in_child(config.replace(engine=e), args.estimate_steps,
+                                                                   report=say, cancel=cancel), cancel)
+        print(f"  {est.summary()}", flush=True)
     return 0
 
 
