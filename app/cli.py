@@ -14,6 +14,7 @@ import sys
 # Modules that add subcommands; a missing optional module (e.g. no Qt in a server install) is skipped.
 COMMAND_MODULES = (
     "app.cli_core",      # ask, adapters, info, models
+    "app.cli_route",     # route, adapters export-mix (after cli_core: joins its adapters group)
     "app.bench.cli",     # bench speed / quality
     "training.cli",      # train, data preview
     "app.ui.cli",        # gui

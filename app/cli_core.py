@@ -9,7 +9,11 @@ def register(sub, common):
     from app.tasks import task_names
 
     p = sub.add_parser("ask", parents=[common], help="answer one input with a task's adapter (streams)")
-    p.add_argument("--task", required=True, choices=task_names())
+    p.add_argument("--task", choices=task_names() + ["auto"],
+                   help="the task; auto: the router picks it from the input (loradesk route)")
+    p.add_argument("--mix", metavar="TASK=W,...",
+                   help="a weighted mix of task adapters, e.g. math=0.7,code=0.3 (the prompt is --task's, "
+                        "else the heaviest task's)")
     p.add_argument("--no-adapter", action="store_true", help="use the base model alone")
     p.add_argument("--max-tokens", type=int, help="answer length limit (default: the task's)")
     p.add_argument("--temperature", type=float)
@@ -77,17 +81,18 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_ask(args) -> int:
+    from app.cli_route import ask_plan
     from app.session import open_session
-    from app.tasks import get_task
 
-    task = get_task(args.task)
     text = _read_text(args.text)
-    options = parse_options(args.option)
-    messages = task.messages(text, **options)  # validates options before loading anything
-    settings = task.generation.replace(max_tokens=args.max_tokens, temperature=args.temperature)
-    session = open_session(args.model, args.engine, tasks=[] if args.no_adapter else [task.name], force=args.force)
+    plan = ask_plan(args, text, parse_options(args.option))  # task, auto or mix; validated before loading
+    messages = plan.messages
+    settings = plan.settings.replace(max_tokens=args.max_tokens, temperature=args.temperature)
+    if plan.note:
+        print(plan.note, file=sys.stderr)
+    session = open_session(args.model, args.engine, tasks=plan.tasks, with_adapters=bool(plan.tasks), force=args.force)
     engine = session.engine
-    engine.activate(None if args.no_adapter or task.name not in engine.adapters else task.name)
+    engine.activate(plan.selection(engine))
     cancel = threading.Event()
     last = None
     try:

@@ -18,6 +18,9 @@ def register(sub, common):
     from app.bench.serve_bench import register_serve
 
     register_serve(bsub, common)
+    from app.bench.route_bench import register_route
+
+    register_route(bsub, common)
 
     from app.bench.evals import EVALS
     from app.bench.quality import CONFIGS
