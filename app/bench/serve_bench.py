@@ -80,7 +80,7 @@ def run_serve_bench(model: str | None = None, engine: str | None = None, clients
     log(f"loading {ref} on {kind} ...")
     info = eng.load(ref)
     with tempfile.TemporaryDirectory(prefix="loradesk-bench-serve-") as tmp:
-        folders, source = _adapters_for(info.path, Path(tmp), rank, log)
+        folders, source = _adapters_for(eng, Path(tmp), rank, log)
         for task in ADAPTERS:
             eng.add_adapter(task, folders[task])
     text = get_task("math").example_input
