@@ -282,6 +282,7 @@ def test_a_model_that_will_not_fit_in_memory_is_refused_and_the_old_one_stays(qt
     assert "Could not load the model" in window.banner.text() and window.banner.isVisible()
     assert host.engine is engine and engine.model_info.model_type == "qwen2" and not host.loading
     assert window.model_status.text() == host.model_label()
+    assert window.models_panel.current_label.text() == f"Loaded: {host.model_label()}"
     tab = window.task_tabs["code"]
     window.tabs.setCurrentWidget(tab)
     assert generate(qtbot, tab) in ("stop", "length") and tab.adapter_used == "code"

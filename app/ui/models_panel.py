@@ -44,6 +44,9 @@ class ModelsPanel(QWidget):
         self.download_progress.connect(self._on_progress)
         self.import_note.connect(lambda text: self.show_message(text.strip()))
         host.model_loaded.connect(lambda _i: self._model_loaded())
+        # A refused load keeps the old model; a failed one after the old was dropped leaves none.
+        host.model_unloaded.connect(self._show_current)
+        host.model_failed.connect(lambda _m: self._show_current())
         host.adapters_changed.connect(self.refresh)
         self.refresh()
 
@@ -260,9 +263,12 @@ class ModelsPanel(QWidget):
             self.set_engine(self.host.kind)
             self.select_model(str(info.ref))
         self.download_btn.hide()
-        self.current_label.setText(f"Loaded: {self.host.model_label()}")
+        self._show_current()
         self.show_message("")
         self.refresh()
+
+    def _show_current(self) -> None:
+        self.current_label.setText(f"Loaded: {self.host.model_label() if self.host.engine is not None else 'none'}")
 
     # -- adapters (the box does the work; these keep one place to call) -------------------------------
     def refresh(self) -> None:
