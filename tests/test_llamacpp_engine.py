@@ -208,3 +208,18 @@ def test_loglikelihood_matches_torch(tiny_models, tiny_ggufs, tiny_adapters):
         a, ga = ll.loglikelihood(ctx, cont)
         b, gb = th.loglikelihood(ctx, cont)
         assert a == pytest.approx(b, abs=2e-2) and ga == gb
+
+
+def test_a_hub_repo_of_gguf_files_downloads_only_its_q4_k_m_file(monkeypatch, tiny_ggufs):
+    from app import models
+    from fake_hub import FakeHub
+
+    data = tiny_ggufs["qwen2"].read_bytes()
+    files = {"tiny-f16.gguf": data + b"unused", "tiny-q4_k_m.gguf": data, "README.md": b"card"}
+    with FakeHub({"someorg/tiny-GGUF": files}).use(monkeypatch) as fake:
+        path = models.resolve_model("someorg/tiny-GGUF", engine="llamacpp")
+        assert path.name == "tiny-q4_k_m.gguf" and path.read_bytes() == data
+        assert not (path.parent / "tiny-f16.gguf").exists()  # the other quantization is never fetched
+        e = create_engine("llamacpp")
+        assert e.load("someorg/tiny-GGUF").path == path  # a second time: from the store, no download
+    assert not [p for _, p in fake.requests if "f16" in p]

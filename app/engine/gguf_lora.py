@@ -35,7 +35,7 @@ def permute_rows(m: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf_lora(weights: LoraWeights, out: str | Path, arch: str, n_head: int, n_head_kv: int,
-                    n_layers: int) -> Path:
+                    n_layers: int, dtype=np.float32) -> Path:
     """Write `weights` as a GGUF LoRA for a base model of `arch` (temp file, then renamed)."""
     import gguf
 
@@ -70,8 +70,8 @@ def write_gguf_lora(weights: LoraWeights, out: str | Path, arch: str, n_head: in
                     b = permute_rows(b, n_head)
                 elif short == "k_proj":
                     b = permute_rows(b, n_head_kv)
-            w.add_tensor(f"{name}.weight.lora_a", a)
-            w.add_tensor(f"{name}.weight.lora_b", np.ascontiguousarray(b))
+            w.add_tensor(f"{name}.weight.lora_a", a.astype(dtype))
+            w.add_tensor(f"{name}.weight.lora_b", np.ascontiguousarray(b).astype(dtype))
         if problems:
             raise AdapterError(f"llama.cpp's {arch} model has no layer for {', '.join(problems[:5])}"
                                + (f" and {len(problems) - 5} more" if len(problems) > 5 else ""))
