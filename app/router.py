@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -107,14 +108,14 @@ class Router:
     def load(cls, path: str | Path = WEIGHTS) -> "Router":
         try:
             with np.load(path) as z:
-                meta = json.loads(str(z["meta"]))
-                if meta.get("bits") != BITS:
-                    raise ValueError(f"{path} was trained with {meta.get('bits')} hash bits; this router uses {BITS}. "
-                                     "Rebuild it: python -m training.router")
-                return cls(z["w"], z["b"], meta["labels"])
-        except (OSError, KeyError) as e:
+                meta, w, b = json.loads(str(z["meta"])), z["w"], z["b"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"the router's weights {path} are missing or damaged ({e}); rebuild them: "
                              "python -m training.router") from None
+        if meta.get("bits") != BITS:
+            raise ValueError(f"{path} was trained with {meta.get('bits')} hash bits; this router uses {BITS}. "
+                             "Rebuild it: python -m training.router")
+        return cls(w, b, meta["labels"])
 
     def probabilities(self, text: str) -> np.ndarray:
         idx, val = features(text)

@@ -252,9 +252,11 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
                            headers={"Retry-After": "5"})
         return engine
 
-    def target_for(model_id: str, engine) -> catalog.Target:
+    def target_for(model_id: str, engine, prompt: str | None = None) -> catalog.Target:
         try:
-            return catalog.resolve(model_id, engine)
+            return catalog.resolve(model_id, engine, prompt)
+        except ValueError as e:  # a malformed mix, or nothing to route
+            raise ApiError(400, str(e), param="model", code="invalid_value") from None
         except KeyError:
             known = ", ".join(m["id"] for m in catalog.models(engine))
             raise ApiError(404, f"the model {model_id!r} does not exist; this server has: {known}",
@@ -284,7 +286,8 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     async def chat(request: Request):
         check_key(request)
         body = _parse(ChatBody, await read_json(request))
-        target = target_for(body.model, engine_or_503())
+        users = [_text(m.content, i) for i, m in enumerate(body.messages) if m.role == "user"]
+        target = target_for(body.model, engine_or_503(), users[-1] if users else None)  # auto routes on the last
         messages = chat_messages(body, target)
         settings = settings_for(body, target, config.max_tokens_limit, body.max_completion_tokens or body.max_tokens)
         return await _answer(request, body, target, messages, settings, chat=True)
@@ -293,7 +296,6 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     async def completions(request: Request):
         check_key(request)
         body = _parse(CompletionBody, await read_json(request))
-        target = target_for(body.model, engine_or_503())
         prompt = body.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -301,6 +303,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
             prompt = prompt[0]
         if not prompt:
             raise ApiError(400, "the prompt is empty", param="prompt", code="invalid_value")
+        target = target_for(body.model, engine_or_503(), prompt)
         for field, bad in (("echo", body.echo), ("logprobs", body.logprobs), ("suffix", body.suffix)):
             if bad:
                 raise ApiError(400, f"{field} is not supported", param=field, code="unsupported_parameter")

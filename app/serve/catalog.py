@@ -3,6 +3,8 @@
 `base` is the plain model; each task id (`math`, `code`, ...) is the task as its tab runs it: its
 adapter when one is loaded, otherwise the base model with the task's prompt; `TASK:NAME` is any
 other adapter stored for a task, loaded into the engine on first use and then kept resident.
+`auto` lets the router pick the task from the prompt (the answer's `model` says which);
+`mix:math=0.7,code=0.3` is a weighted mix of resident adapters (app/engine/mix.py).
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from pathlib import Path
 from app.tasks import Task, get_task, task_names
 
 BASE = "base"
+AUTO = "auto"
 _CREATED = int(time.time())  # OpenAI model objects carry a creation time; ours is the server's start
 
 
 @dataclass(frozen=True)
 class Target:
     id: str
-    adapter: str | None  # the engine's adapter name; None: the plain base model
+    adapter: str | dict | None  # the engine's adapter name, a {name: weight} mix, or None: the plain base model
     task: Task | None  # whose system prompt and user template apply; None for `base`
     folder: Path | None = None  # a stored adapter to add to the engine before its first answer
 
@@ -35,10 +38,15 @@ def _stored_others(task: str) -> list:
         return []
 
 
-def resolve(model_id: str, engine) -> Target:
-    """The target for a request's `model` field; KeyError when no such model is served."""
+def resolve(model_id: str, engine, prompt: str | None = None) -> Target:
+    """The target for a request's `model` field (`prompt`: the text `auto` routes on); KeyError
+    when no such model is served, ValueError for a malformed mix."""
     if model_id == BASE:
         return Target(BASE, None, None)
+    if model_id == AUTO:  # no prompt: the listing's own lookup
+        return _routed(prompt, engine) if prompt is not None else Target(AUTO, None, None)
+    if model_id.startswith("mix:"):
+        return _mixed(model_id, engine)
     task_name, _, name = model_id.partition(":")
     if task_name not in task_names():
         raise KeyError(model_id)
@@ -58,6 +66,29 @@ def resolve(model_id: str, engine) -> Target:
     raise KeyError(model_id)
 
 
+def _routed(prompt: str, engine) -> Target:
+    from app.router import NONE, route
+
+    if not prompt.strip():
+        raise ValueError("model 'auto' picks the task from the prompt, and the prompt is empty")
+    r = route(prompt)
+    if r.task == NONE:
+        return Target(BASE, None, None)
+    return Target(r.task, r.task if r.task in engine.adapters else None, get_task(r.task))
+
+
+def _mixed(model_id: str, engine) -> Target:
+    from app.engine.mix import label, parse
+
+    weights = parse(model_id, what="model")
+    if not weights:
+        raise ValueError(f"model {model_id!r}: every weight is zero (that is model 'base')")
+    if any(n not in engine.adapters for n in weights):
+        raise KeyError(model_id)
+    heaviest = max(weights, key=lambda n: weights[n]).partition(":")[0]  # whose prompt applies
+    return Target(label(weights), weights, get_task(heaviest) if heaviest in task_names() else None)
+
+
 def models(engine) -> list[dict]:
     """OpenAI model objects, with what serves each (`adapter` null: the base model alone)."""
     base_ref = str(engine.model_info.ref) if engine.model_info else None
@@ -67,7 +98,9 @@ def models(engine) -> list[dict]:
                 "root": base_ref, "parent": None if mid == BASE else BASE, "task": task,
                 "adapter": adapter, "served_by": served_by}
 
-    out = [obj(BASE, None, None, "base model")]
+    out = [obj(BASE, None, None, "base model"),
+           obj(AUTO, None, None, "the router picks a task per request (or the base model for general chat); "
+                                 "mix:TASK=W,... mixes loaded adapters")]
     for t in task_names():
         if t in engine.adapters:
             out.append(obj(t, t, t, f"adapter {engine.adapters[t].path.name}"))
