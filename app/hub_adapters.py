@@ -26,8 +26,8 @@ from pathlib import Path
 
 from app import paths
 from app.engine.adapter_format import (
-    METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, base_model_key, check_against_model, fingerprint_of,
-    read_adapter,
+    METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, base_model_key, check_against_model, check_base_model,
+    fingerprint_of, read_adapter,
 )
 from app.engine.base import AdapterError, EngineError
 from app.hub import Cancelled, ProgressFn
@@ -441,9 +441,12 @@ def _register(stage: Path, names: dict, repo: str, sha: str, revision, info, tas
     if config is not None and not meta.get("fingerprint"):
         meta["fingerprint"] = fingerprint_of(config)
     (stage / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if not weights.base_model:
+    if weights.base_model:
+        note = check_base_model(weights, base_id, where, force=force)  # raises unless --force
+        warnings += [note] if note else []
+    else:
         warnings.append(f"{repo} does not record its base model; it is tagged for {base_id} and its shapes fit")
-    entry = store.add(task, stage, name=name, source=f"hf:{repo}@{sha}", move=True, model=base_id, force=force)
+    entry = store.add(task, stage, name=name, source=f"hf:{repo}@{sha}", move=True, force=force)
     return files, warnings, entry
 
 
@@ -498,7 +501,8 @@ def model_card(task: str, repo: str, base: str, meta: dict, bench: tuple[list[di
             lines.append(f"- examples: {ex.get('train')} train, {ex.get('valid')} validation, {ex.get('test')} test")
         keys = ("rank", "alpha", "dropout", "target_modules", "learning_rate", "lr_schedule", "batch_size",
                 "max_seq_length", "seed")
-        settings = ", ".join(f"{k} {train[k]}" for k in keys if train.get(k) is not None)
+        shown = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in train.items()}
+        settings = "; ".join(f"{k} {shown[k]}" for k in keys if train.get(k) is not None)
         if settings:
             lines.append(f"- settings: {settings}")
         facts = [f"{meta['steps']} steps" if meta.get("steps") else "",
@@ -518,9 +522,11 @@ def model_card(task: str, repo: str, base: str, meta: dict, bench: tuple[list[di
         for r in runs:
             score = (r.get("metrics") or {}).get(r.get("primary"))
             shown = f"{r.get('primary')} {score:.3f}" if isinstance(score, (int, float)) else "-"
-            lines.append(f"| {r.get('task')} | {r.get('config')} | {r.get('model')} | {r.get('n')} | {shown} |")
+            model = str(r.get("model") or "")
+            model = base if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists() else model
+            lines.append(f"| {r.get('task')} | {r.get('config')} | {model} | {r.get('n')} | {shown} |")
         lines.append("")
-    lines += ["Made with [LoRA Desk](https://github.com/) (`loradesk adapters push`).", ""]
+    lines += ["Made with LoRA Desk (`loradesk adapters push`).", ""]
     return "\n".join(lines)
 
 
@@ -539,6 +545,10 @@ def _public_metadata(meta: dict, base: str) -> dict:
         tr["model"] = base
         tr["data"] = [Path(str(d).split("=")[-1]).name for d in tr.get("data") or []]
         out["training"] = tr
+    if isinstance(out.get("datasets"), dict):  # per source: its local files (training's report) by name only
+        out["datasets"] = {k: ({**v, "files": [Path(str(f)).name for f in v["files"]]}
+                               if isinstance(v, dict) and isinstance(v.get("files"), list) else v)
+                           for k, v in out["datasets"].items()}
     return out
 
 

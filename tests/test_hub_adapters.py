@@ -172,7 +172,7 @@ def test_a_cancelled_get_resumes_with_the_missing_file_only(fake, tiny_qwen):
 
 
 def test_get_refuses_another_base_model_pickles_and_misfits(fake, tiny_qwen, capsys):
-    with pytest.raises(AdapterError, match="was made for someorg/other-model; the loaded model is someorg/tiny-base"):
+    with pytest.raises(AdapterError, match="adapter erin/tiny-other-base-lora@0123456789ab was made for someorg/other-model; the loaded model is someorg/tiny-base"):
         hub_adapters.get("erin/tiny-other-base-lora", "math", str(tiny_qwen), base=BASE)
     with pytest.raises(AdapterError, match="holds only pickle weights \\(adapter_model.bin\\); LoRA Desk never unpickles"):
         hub_adapters.get("dave/tiny-pickle-lora", "math", str(tiny_qwen), base=BASE)
@@ -196,7 +196,9 @@ def _trained_adapter(tiny_qwen, tmp_path):
             "fingerprint": w.fingerprint, "engine": "torch", "steps": 600,
             "training": {"model": str(tiny_qwen), "data": [str(tmp_path / "gsm8k")], "rank": 8, "alpha": 16.0,
                          "learning_rate": 0.0002, "batch_size": 4, "max_seq_length": 768},
-            "datasets": {"openai/gsm8k": {"rows": 7473, "train": 6700}, "allenai/math_qa": {"rows": 2985, "train": 2800}},
+            "datasets": {"openai/gsm8k": {"files": [str(tmp_path / "gsm8k" / "train.jsonl")], "rows": 7473,
+                                          "train": 6700},
+                         "allenai/math_qa": {"files": [], "rows": 2985, "train": 2800}},
             "examples": {"train": 9500, "valid": 500, "test": 500}, "final_train_loss": 0.61,
             "final_valid_loss": 0.72, "tokens_per_s": 812.0}
     (folder / METADATA_FILE).write_text(json.dumps(meta))
@@ -208,6 +210,8 @@ def test_push_uploads_peft_with_a_card_that_search_finds(fake, tiny_qwen, tmp_pa
     w = _trained_adapter(tiny_qwen, tmp_path)
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"meta": {"limit": 50, "seed": 0, "engine": "torch"}, "runs": [
+        {"task": "gsm8k", "config": "base", "model": str(tiny_qwen), "n": 50, "primary": "exact_match",
+         "metrics": {"exact_match": 0.2}},
         {"task": "gsm8k", "config": "adapter", "model": "tiny", "n": 50, "primary": "exact_match",
          "metrics": {"exact_match": 0.42}},
         {"task": "humaneval", "config": "adapter", "model": "tiny", "n": 20, "primary": "pass@1",
@@ -225,7 +229,8 @@ def test_push_uploads_peft_with_a_card_that_search_finds(fake, tiny_qwen, tmp_pa
     up = read_adapter_bytes({k: v for k, v in files.items() if k != "README.md"}, tmp_path)
     assert all(np.allclose(up.modules[k].b, m.b) for k, m in w.modules.items())
     meta = json.loads(files[METADATA_FILE])
-    assert str(tiny_qwen) not in json.dumps(meta) and meta["training"]["data"] == ["gsm8k"]
+    assert str(tmp_path) not in json.dumps(meta) and str(tiny_qwen) not in json.dumps(meta)  # no local paths
+    assert meta["training"]["data"] == ["gsm8k"] and meta["datasets"]["openai/gsm8k"]["files"] == ["train.jsonl"]
     readme = files["README.md"].decode()
     card = card_metadata(readme)
     assert card["base_model"] == BASE and card["library_name"] == "peft"
@@ -233,6 +238,8 @@ def test_push_uploads_peft_with_a_card_that_search_finds(fake, tiny_qwen, tmp_pa
     assert card["datasets"] == ["openai/gsm8k", "allenai/math_qa"]
     assert "- data: openai/gsm8k (6700 training examples)" in readme
     assert "| gsm8k | adapter | tiny | 50 | exact_match 0.420 |" in readme and "humaneval" not in readme
+    assert f"| gsm8k | base | {BASE} | 50 | exact_match 0.200 |" in readme  # a local model folder: its hub id
+    assert "- settings: rank 8; alpha 16.0; learning_rate 0.0002; batch_size 4; max_seq_length 768" in readme
     assert "limit 50, seed 0, engine torch" in readme
 
     # The Hub indexes the card: search finds the pushed adapter for its task, and get brings it back.

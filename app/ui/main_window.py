@@ -52,6 +52,8 @@ class MainWindow(QMainWindow):
         for task in load_tasks().values():
             tab = make_tab(task, self.host)
             tab.adapter_choice_changed.connect(lambda t=tab: self._adapter_choice_changed(t))
+            tab.find_adapter_requested.connect(lambda task: self.models_panel.find_on_hub(task))
+            tab.train_requested.connect(self._train_requested)
             self.task_tabs[task.name] = tab
             self.tabs.addTab(tab, task.label)
 
@@ -67,6 +69,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.bench_panel, "Benchmark")
         self.models_panel.load_requested.connect(self._user_load)
         self.train_panel.adapter_trained.connect(self._adapter_trained)
+        self.models_panel.adapter_added.connect(self._adapter_trained)  # from the Hub: loaded the same way
 
         self.model_status = QLabel("no model")
         self.statusBar().addPermanentWidget(self.model_status)
@@ -173,6 +176,10 @@ class MainWindow(QMainWindow):
         tab.update_status()
         if tab is self.current_task_tab() and not tab.busy:
             self.host.activate(tab.wanted_adapter())
+
+    def _train_requested(self, task: str) -> None:
+        self.train_panel.task_combo.setCurrentIndex(max(0, self.train_panel.task_combo.findData(task)))
+        self.tabs.setCurrentWidget(self.train_panel)
 
     def _adapter_trained(self, task: str, folder: str) -> None:
         """A finished training run: load its adapter so the task's tab uses it right away."""

@@ -23,6 +23,7 @@ class ModelsPanel(QWidget):
     load_requested = Signal(str, str)  # model ref, engine kind
     download_progress = Signal(object)  # app.hub.DownloadProgress, from the download thread; queued to the GUI
     import_note = Signal(str)  # GGUF import progress lines, from the import thread
+    adapter_added = Signal(str, str)  # task, folder: an adapter got from the Hub, to load into the engine
 
     def __init__(self, host: EngineHost, parent=None):
         super().__init__(parent)
@@ -40,6 +41,15 @@ class ModelsPanel(QWidget):
         layout.addWidget(self.message)
         self.adapters = AdaptersBox(host, self.show_message)
         layout.addWidget(self.adapters, 1)
+        hub_row = QHBoxLayout()
+        self.hub_btn = QPushButton("Find on the Hub…")
+        self.hub_btn.setObjectName("find-on-hub")
+        self.hub_btn.setToolTip("Search Hugging Face Hub adapters that fit the loaded model, ranked for a task")
+        self.hub_btn.clicked.connect(lambda: self.find_on_hub(self.adapters.selected_task()))
+        hub_row.addWidget(self.hub_btn)
+        hub_row.addStretch(1)
+        layout.addLayout(hub_row)
+        self.hub_dialog = None
 
         self.download_progress.connect(self._on_progress)
         self.import_note.connect(lambda text: self.show_message(text.strip()))
@@ -269,6 +279,19 @@ class ModelsPanel(QWidget):
 
     def _show_current(self) -> None:
         self.current_label.setText(f"Loaded: {self.host.model_label() if self.host.engine is not None else 'none'}")
+
+    def find_on_hub(self, task: str | None = None):
+        """Open the Hub search (app/ui/hub_dialog.py); an adapter it gets is loaded like a trained one."""
+        from app.ui.hub_dialog import HubDialog
+
+        if self.hub_dialog is not None and self.hub_dialog.busy:
+            self.hub_dialog.raise_()
+            return self.hub_dialog
+        self.hub_dialog = HubDialog(self.host, task, self)
+        self.hub_dialog.adapter_added.connect(self.adapter_added)
+        self.hub_dialog.adapter_added.connect(lambda *_a: self.refresh())
+        self.hub_dialog.show()
+        return self.hub_dialog
 
     # -- adapters (the box does the work; these keep one place to call) -------------------------------
     def refresh(self) -> None:

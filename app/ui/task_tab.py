@@ -32,6 +32,8 @@ class TaskTab(QWidget):
 
     adapter_choice_changed = Signal()  # the "No adapter" toggle moved
     generation_finished = Signal(str)  # finish reason ("stop", "length", "cancelled", "error")
+    find_adapter_requested = Signal(str)  # task: the "no adapter yet" offer's Hub link
+    train_requested = Signal(str)  # task: the offer's Train link
 
     def __init__(self, task: Task, host: EngineHost, parent=None):
         super().__init__(parent)
@@ -102,6 +104,14 @@ class TaskTab(QWidget):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message.hide()
         layout.addWidget(self.message)
+        # No adapter yet: a ready-made one from the Hub takes a minute, training one takes hours on a CPU.
+        self.offer = QLabel(f"No {task.label} adapter yet, so the base model answers. "
+                            '<a href="hub">Find one on the Hub</a> or <a href="train">train one</a>.')
+        self.offer.setObjectName("adapter-offer")
+        self.offer.linkActivated.connect(lambda link: (self.find_adapter_requested if link == "hub"
+                                                       else self.train_requested).emit(task.name))
+        self.offer.hide()
+        layout.addWidget(self.offer)
         self.status = QLabel()
         self.status.setObjectName("status")
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -219,6 +229,8 @@ class TaskTab(QWidget):
         else:
             wanted = self.wanted_adapter()
             problem = self.host.problems.get(self.task.name)
+            self.offer.setVisible(self.host.engine is not None and not wanted and bool(problem)
+                                  and problem.startswith("no adapter for"))
             if wanted:
                 parts.append(f"adapter: {wanted}")
             elif self.no_adapter.isChecked():

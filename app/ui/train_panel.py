@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class TrainPanel(QWidget):
     adapter_trained = Signal(str, str)  # task, adapter folder
     report = Signal(object)  # a progress dict, emitted from the training thread
+    estimate_report = Signal(object)  # a progress dict of an estimate (kept off the loss curve)
 
     def __init__(self, host: EngineHost, parent=None):
         super().__init__(parent)
@@ -106,7 +107,12 @@ class TrainPanel(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.cancel_btn.clicked.connect(self.cancel)
+        self.estimate_btn = QPushButton("Estimate time")
+        self.estimate_btn.setToolTip("Time a few steps on this machine (nothing is kept): how long the whole run "
+                                     "takes and how much memory it needs")
+        self.estimate_btn.clicked.connect(self.estimate)
         buttons.addWidget(self.start_btn)
+        buttons.addWidget(self.estimate_btn)
         buttons.addWidget(self.cancel_btn)
         buttons.addStretch(1)
         right.addLayout(buttons)
@@ -125,6 +131,8 @@ class TrainPanel(QWidget):
         right.addWidget(self.message)
 
         self.report.connect(self._on_report)
+        self.estimate_report.connect(lambda d: d.get("message") and self.progress_label.setText(str(d["message"])))
+        self.last_estimate = None
         self._task_changed()
         if not integrations.training_available():
             self.show_message("Training is not part of this build yet (no training module found).", error=True)
@@ -224,8 +232,44 @@ class TrainPanel(QWidget):
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._ended)
         self.start_btn.setEnabled(False)
+        self.estimate_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         return self.worker.start()
+
+    def estimate(self) -> Worker | None:
+        """Measure a few steps of these settings in a child process (training/estimate.py)."""
+        from training.estimate import MEASURED_STEPS
+
+        if self.busy:
+            return None
+        try:
+            config = self.build_config().replace(resume=False)
+        except (ValueError, ImportError) as e:
+            self.show_message(f"Cannot estimate: {e}", error=True)
+            return None
+        self.show_message(f"Timing {MEASURED_STEPS} steps of this run on this machine (the model loads first)…")
+        cancel = threading.Event()
+        self.worker = Worker(run_in_child, "training.estimate:estimate_job", (config, MEASURED_STEPS),
+                             self.estimate_report.emit, cancel, "estimate", abort_event=cancel)
+        self.worker.returned.connect(self._estimated)
+        self.worker.errored.connect(lambda e: None if self.worker.abort_requested
+                                    else self.show_message(f"Estimate failed: {e}", error=True))
+        self.worker.finished.connect(self._estimate_ended)
+        for b in (self.start_btn, self.estimate_btn):
+            b.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        return self.worker.start()
+
+    def _estimated(self, est) -> None:
+        self.last_estimate = est
+        self.show_message(f"Estimated on this machine: {est.summary()}. Rather not wait? Get a ready-made adapter: "
+                          "Models & adapters > Find on the Hub…")
+
+    def _estimate_ended(self) -> None:
+        for b in (self.start_btn, self.estimate_btn):
+            b.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.progress_label.setText("estimate cancelled" if self.worker.abort_requested else "")
 
     def cancel(self) -> None:
         if self.busy:
@@ -290,6 +334,7 @@ class TrainPanel(QWidget):
 
     def _ended(self) -> None:
         self.start_btn.setEnabled(True)
+        self.estimate_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         if self.worker is not None and self.worker.abort_requested:
             self.progress_label.setText("cancelled")
