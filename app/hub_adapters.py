@@ -21,6 +21,8 @@ import re
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from app.hub import Cancelled, ProgressFn
 from app.tasks import get_task
 
 ADAPTER_FILES = ("adapter_config.json", PEFT_WEIGHTS, MLX_WEIGHTS)
-MAX_CANDIDATES = 40  # adapters examined per search (each costs two small requests)
+MAX_CANDIDATES = 40  # adapters examined per search (each costs three small requests)
+SEARCH_THREADS = 8
 PUSH_TAG = "loradesk"
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
@@ -270,22 +273,35 @@ def search(task: str, model_ref: str | None = None, query: str | None = None, ba
     except Exception as e:  # noqa: BLE001 - becomes one line
         raise _network_error(what, e) from None
     fits, skipped = [], []
-    for info in found:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("search cancelled")
-        try:
-            hit, why = _examine(info, task, repo, shapes)
-        except Exception as e:  # noqa: BLE001 - one unreadable candidate never ends the search
-            err = _network_error(info.id, e)
-            if isinstance(err, HubUnavailable) and "cannot reach" in str(err):
-                raise err from None
-            hit, why = None, f"unreadable ({err})"
-        if hit is None:
-            skipped.append((info.id, why))
-        else:
-            fits.append(hit)
+    # A few requests per candidate, each mostly waiting on the network: examined side by side.
+    with ThreadPoolExecutor(max_workers=SEARCH_THREADS) as pool:
+        jobs = [pool.submit(_examine_safely, info, task, repo, shapes) for info in found]
+        for info, job in zip(found, jobs):
+            while True:
+                if cancel is not None and cancel.is_set():
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise Cancelled("search cancelled")
+                try:
+                    hit, why = job.result(timeout=0.2)
+                    break
+                except FutureTimeout:
+                    continue
+            if hit is None:
+                skipped.append((info.id, why))
+            else:
+                fits.append(hit)
     fits.sort(key=lambda h: (-h.score, h.repo))
     return SearchResult(task, repo, fits[:limit], skipped, shapes is not None)
+
+
+def _examine_safely(info, task: str, base: str, shapes) -> tuple[HubAdapter | None, str]:
+    try:
+        return _examine(info, task, base, shapes)
+    except Exception as e:  # noqa: BLE001 - one unreadable candidate never ends the search
+        err = _network_error(info.id, e)
+        if isinstance(err, HubUnavailable) and "cannot reach" in str(err):
+            raise err from None
+        return None, f"unreadable ({err})"
 
 
 def _examine(info, task: str, base: str, shapes) -> tuple[HubAdapter | None, str]:
