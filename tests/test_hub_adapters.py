@@ -104,6 +104,9 @@ def test_search_keeps_what_fits_and_ranks_it_for_the_task(fake, tiny_qwen, tmp_p
     assert [a.repo for a in hub_adapters.search("math", str(tiny_qwen), base=BASE, query="gsm8k").adapters] == \
         ["alice/tiny-gsm8k-lora"]
 
+    with pytest.raises(hub_adapters.HubUnavailable, match=r"base model someorg/nope\): the repo does not exist"):
+        hub_adapters.search("math", str(tiny_qwen), base="someorg/nope")
+
     assert main(["adapters", "search", "--task", "math", "--model", str(tiny_qwen), "--base", BASE, "--limit", "2",
                  "--show-unfit"]) == 0
     out = capsys.readouterr().out
