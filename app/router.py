@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from app.paths import resources_dir
+
 NONE = "none"  # general chat: answered by the base model, no adapter
-WEIGHTS = Path(__file__).resolve().parent.parent / "resources" / "router" / "router.npz"
+WEIGHTS = resources_dir() / "router" / "router.npz"  # the bundle's own copy when frozen
 BITS = 15  # 2**15 hashed feature buckets: weights of 5 labels in float16 are 320 KB
 HEAD, TAIL = 1500, 300  # characters read from the start and end of a long prompt
 _WORD = re.compile(r"[a-z_]+|\d+|[^\sa-z_\d]")

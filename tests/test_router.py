@@ -192,3 +192,54 @@ def test_api_mix_answers_with_the_weighted_adapters(api):
     assert bad.status_code == 400 and "not a number" in bad.json()["error"]["message"]
     unknown = _chat(url, "mix:math=0.5,poetry=0.5", WORD_PROBLEM)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+# -- the app's Auto tab -----------------------------------------------------------------------------
+def test_auto_tab_routes_shows_its_choice_overrides_and_mixes(qtbot, tiny_qwen, tiny_adapters):
+    pytest.importorskip("pytestqt")
+    from app.engine import store
+    from app.ui.main_window import MainWindow
+
+    for task in ("math", "code"):
+        store.add(task, tiny_adapters["qwen2"][task], name=f"{task}-tiny", model=str(tiny_qwen), force=True)
+    win = MainWindow(model=str(tiny_qwen), engine="torch")
+    qtbot.addWidget(win)
+    win.show()
+    win.start()
+    qtbot.waitUntil(lambda: win.host.engine is not None, timeout=60_000)
+    engine = win.host.engine
+    tab = win.task_tabs["auto"]
+    assert win.tabs.widget(0) is tab and win.tabs.tabText(0) == "Auto"
+    short = lambda text: [type(r)(r.messages, r.settings.replace(max_tokens=6)) for r in type(tab).runs(tab, text)]  # noqa: E731
+    tab.runs = short
+
+    def answer(click):
+        with qtbot.waitSignal(tab.generation_finished, timeout=60_000):
+            click()
+
+    tab.input.setPlainText(WORD_PROBLEM)
+    answer(tab.generate)
+    assert tab.adapter_used == "math" and "Auto chose <b>Math</b>" in tab.choice_label.text()
+    assert "%" in tab.choice_label.text() and not tab.other_buttons["math"].isVisible()
+    engine.activate("math")
+    assert tab.texts[0] == engine.generate(get_task("math").messages(WORD_PROBLEM), GenerationSettings(max_tokens=6))
+
+    answer(tab.other_buttons["code"].click)  # one click: the same input as Code
+    assert tab.adapter_used == "code" and "You chose <b>Code</b>" in tab.choice_label.text()
+    engine.activate("code")
+    assert tab.texts[0] == engine.generate(get_task("code").messages(WORD_PROBLEM), GenerationSettings(max_tokens=6))
+
+    tab.mix_box.setChecked(True)
+    tab.mix_edit.setText("math=0.7,code=0.3")
+    answer(tab.generate)
+    assert engine.active == "mix:math=0.7,code=0.3" and "mix:math=0.7,code=0.3" in tab.status.text()
+    engine.activate_mix({"math": 0.7, "code": 0.3})
+    assert tab.texts[0] == engine.generate(get_task("math").messages(WORD_PROBLEM), GenerationSettings(max_tokens=6))
+
+    tab.mix_edit.setText("math=0.7,summarize=0.3")  # no summarize adapter loaded
+    tab.generate()
+    assert "cannot mix summarize" in tab.message.text() and not tab.busy
+    tab.mix_edit.setText("math=lots")
+    tab.generate()
+    assert "not a number" in tab.message.text()
+    win.close()

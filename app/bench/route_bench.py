@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-HELDOUT = Path(__file__).resolve().parents[2] / "resources" / "router" / "heldout.jsonl"
+from app.paths import resources_dir
+
+HELDOUT = resources_dir() / "router" / "heldout.jsonl"
 
 
 def heldout(path: str | Path = HELDOUT) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The main window: one tab per task, then Models & adapters, Train and Benchmark."""
+"""The main window: Auto, one tab per task, then Models & adapters, Train and Benchmark."""
 from __future__ import annotations
 
 import logging
@@ -49,6 +49,12 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.task_tabs: dict[str, TaskTab] = {}
+        from app.ui.auto_tab import AutoTab
+
+        auto = AutoTab(self.host)  # first: the router picks the task
+        auto.adapter_choice_changed.connect(lambda t=auto: self._adapter_choice_changed(t))
+        self.task_tabs["auto"] = auto
+        self.tabs.addTab(auto, "Auto")
         for task in load_tasks().values():
             tab = make_tab(task, self.host)
             tab.adapter_choice_changed.connect(lambda t=tab: self._adapter_choice_changed(t))
