@@ -169,3 +169,65 @@ def test_parse_refuses_bad_mixes(text, message):
 def test_parse_reads_the_api_form_too():
     assert mixing.parse("mix:math=0.7, code=0.3") == MIX
     assert mixing.label(MIX) == "mix:math=0.7,code=0.3"
+
+
+# -- command line ---------------------------------------------------------------------------------
+@pytest.fixture
+def stored(tiny_qwen, tiny_adapters):
+    from app.engine import store
+
+    for task in ("math", "code"):
+        store.add(task, tiny_adapters["qwen2"][task], name=f"{task}-tiny", model=str(tiny_qwen), force=True)
+    return tiny_adapters["qwen2"]
+
+
+def test_export_mix_is_a_plain_peft_adapter_equal_to_the_mix(stored, tiny_qwen, tmp_path, capsys):
+    """PEFT's own loader on the exported folder gives the dense sum of the weighted deltas."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.cli import main
+
+    out = tmp_path / "mixed"
+    assert main(["adapters", "export-mix", "--mix", "math=0.7,code=0.3", "--out", str(out)]) == 0
+    assert "rank 12 (concatenated)" in capsys.readouterr().out
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_qwen), dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, str(out)).eval()
+    ids = AutoTokenizer.from_pretrained(str(tiny_qwen))(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        got = peft(ids).logits[0, -1].numpy()
+    ref = dense_reference(tiny_qwen, stored, MIX, TEXT)
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    assert main(["adapters", "export-mix", "--mix", "math=0.7", "--out", str(out)]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mix, message", [
+    ("math=0.7,algebra=0.3", "'algebra' is not a task; the adapters are named after their tasks"),
+    ("math=0.7,,", "'' is not NAME=WEIGHT"),
+    ("summarize=1", "task 'summarize' has no adapter to mix"),
+])
+def test_export_mix_errors(stored, tmp_path, capsys, mix, message):
+    from app.cli import main
+
+    assert main(["adapters", "export-mix", "--mix", mix, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_ask_mix_answers_with_the_mix(stored, tiny_qwen, capsys):
+    from app.cli import main
+    from app.session import open_session
+    from app.tasks import GenerationSettings, get_task
+
+    prompt = "Add seven and five."
+    assert main(["ask", "--mix", "math=0.7,code=0.3", "--engine", "torch", "--model", str(tiny_qwen),
+                 "--max-tokens", "6", "--stats", prompt]) == 0
+    captured = capsys.readouterr()
+    assert "adapter: mix:math=0.7,code=0.3" in captured.err
+    engine = open_session(str(tiny_qwen), "torch", tasks=["math", "code"], warn=False).engine
+    engine.activate_mix(MIX)
+    expected = engine.generate(get_task("math").messages(prompt), GenerationSettings(max_tokens=6))
+    assert captured.out == expected + "\n"
+    assert main(["ask", "--mix", "math=0.7,summarize=0.3", "--engine", "torch", "--model", str(tiny_qwen), prompt]) == 2
+    assert "cannot mix 'summarize': not loaded" in capsys.readouterr().err
