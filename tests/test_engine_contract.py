@@ -62,7 +62,8 @@ def test_a_long_input_is_cut_to_leave_room_for_the_answer(kind, short_context_mo
     n_article = len(e.encode(ARTICLE))
     assert n_article > 1000 and last.finish_reason in ("stop", "length")
     assert last.prompt_tokens + settings.max_tokens <= e.context_length == 256
-    assert 0 < n_article - last.truncated_tokens < 256 and all(c.truncated_tokens == last.truncated_tokens for c in chunks)
+    assert 0 < n_article - last.truncated_tokens < 256
+    assert all(c.truncated_tokens == last.truncated_tokens for c in chunks)
     # The prompt it ran is the task's prompt for the article's start, cut by the benchmark's rule.
     kept = truncate(e, ARTICLE, n_article - last.truncated_tokens)
     assert ARTICLE.startswith(kept[:200]) and len(kept) < len(ARTICLE)

@@ -222,7 +222,8 @@ class MLXEngine(Engine):
     def chat_prompt(self, messages: list[dict]) -> str:
         return chat_prompt(self.tokenizer, messages)
 
-    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None) -> Iterator[tuple[str, dict]]:
+    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings,
+                       cancel=None) -> Iterator[tuple[str, dict]]:
         return mlx_thread.iterate(lambda: self._mlx_stream(tokens, settings, cancel), cancel)
 
     def _mlx_stream(self, tokens: list[int], settings: GenerationSettings, cancel=None):

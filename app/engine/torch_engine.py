@@ -362,7 +362,8 @@ class TorchEngine(Engine):
     def chat_prompt(self, messages: list[dict]) -> str:
         return chat_prompt(self.tokenizer, messages)
 
-    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None) -> Iterator[tuple[str, dict]]:
+    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings,
+                       cancel=None) -> Iterator[tuple[str, dict]]:
         return self._token_loop(tokens, settings, cancel)
 
     @torch.inference_mode()  # on a generator: entered and left around each step, not across yields
