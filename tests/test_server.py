@@ -85,7 +85,7 @@ def chat(client, model, text, max_tokens=8, **kw) -> str:
 
 def test_models_list_base_tasks_and_stored_adapters(served):
     data = {m.id: m.model_extra for m in served["client"].models.list().data}
-    assert list(data) == ["base", "math", "code", "summarize", "paraphrase", "math:other"]
+    assert list(data) == ["base", "auto", "math", "code", "summarize", "paraphrase", "math:other"]
     assert data["base"]["adapter"] is None
     assert data["math"]["adapter"] == "math" and data["code"]["adapter"] == "code"
     assert data["summarize"]["adapter"] is None and "task's prompt" in data["summarize"]["served_by"]
