@@ -24,16 +24,16 @@ def _config(tiny_qwen, engine: str, **kw) -> TrainConfig:
 
 
 def test_cli_estimate_measures_in_a_child_and_keeps_nothing(tiny_qwen, capsys, loradesk_home):
-    assert main(["train", "--estimate", "--task", "math", "--engine", "torch", "--model", str(tiny_qwen),
+    assert main(["train", "--estimate", "--task", "math", "--engine", "mlx", "--model", str(tiny_qwen),
                  "--data", str(DATA), "--iters", "50", "--batch-size", "1", "--max-seq-length", "1024",
                  "--eval-every", "10", "--threads", "1", "--valid-fraction", "0.3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("estimate for math: 50 steps, batch 1, max 1024 tokens, measuring 3 steps on this machine\n")
     # validations at steps 0, 9, 19, 29, 39 and the last one (49)
-    m = re.search(r"  torch: ([\d.]+) s/step \(\d+ tokens/step; first step [\d.]+ s, load and data \d+ s, "
+    m = re.search(r"  mlx: ([\d.]+) s/step \(\d+ tokens/step; first step [\d.]+ s, load and data \d+ s, "
                   r"6 validations of \d+ s\) -> 50 steps take about [^;]+; peak memory ([\d.]+) GB", out)
     assert m, out
-    # The child's own peak RSS: torch and a model, far more than nothing, far less than this machine has.
+    # The child's own peak RSS: mlx and a model, far more than nothing, far less than this machine has.
     assert float(m.group(1)) > 0 and 0.1 < float(m.group(2)) < 8
     assert store.list_adapters() == []
     assert not any((loradesk_home / "runs" / "train").rglob("run.json"))  # no run left behind
