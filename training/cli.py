@@ -194,6 +194,7 @@ def cmd_estimate(args) -> int:
         est = run_interruptible(lambda e=engine: estimate_in_child(config.replace(engine=e), args.estimate_steps,
                                                                    report=say, cancel=cancel), cancel)
         print(f"  {est.summary()}", flush=True)
+    print(f"rather not wait? a ready-made adapter: loradesk adapters search --task {config.task}")
     return 0
 
 
