@@ -173,7 +173,7 @@ def random_adapter_for(shapes: dict[str, tuple[int, int]], fingerprint: dict, ba
     `linear_shapes()`), whatever the model's file format."""
     rng = np.random.default_rng(seed)
     modules = {}
-    for name, (fin, fout) in sorted(shapes.items()):
+    for name, (fin, fout) in shapes.items():  # in the given order: the draws follow it
         layer = int(name.split("layers.", 1)[1].split(".", 1)[0])
         if name.rsplit(".", 1)[-1] not in targets or (layers is not None and layer not in layers):
             continue
