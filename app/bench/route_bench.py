@@ -63,11 +63,12 @@ def sample(items: list[dict], n: int, seed: int = 0) -> list[dict]:
 def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[dict]:
     """Route each prompt, activate its adapter and time the answer's first token (one token asked)."""
     from app.router import default_router, plan
+    from app.tasks import GenerationSettings
 
     router = default_router()
     rows = []
-    plan(router.route("warm up"), "warm up", engine)
-    engine.generate("Hello", None)  # first-call allocation outside the figures
+    router.route("warm up")
+    engine.generate("Hello", GenerationSettings(max_tokens=1))  # first-call allocation outside the figures
     for i, it in enumerate(items):
         t = time.perf_counter()
         r = router.route(it["prompt"])

@@ -67,6 +67,9 @@ class AutoTab(TaskTab):
         self.choice_label = QLabel("Auto picks the task from what you type")
         self.choice_label.setObjectName("auto-choice")
         row.addWidget(self.choice_label)
+        self.instead = QLabel("or answer as:")
+        self.instead.hide()
+        row.addWidget(self.instead)
         self.other_buttons: dict[str, QPushButton] = {}
         for name in task_names() + [NONE]:
             b = QPushButton(_label(name))
@@ -125,6 +128,7 @@ class AutoTab(TaskTab):
 
     def _show_choice(self, text: str, name: str | None) -> None:
         self.choice_label.setText(text)
+        self.instead.show()
         for n, b in self.other_buttons.items():
             b.setVisible(n != name)
 
