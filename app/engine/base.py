@@ -366,10 +366,13 @@ def _find_stop(text: str, stops, shown: int) -> int | None:
     return min(hits) if hits else None
 
 
+def decode_rate(tokens: int, first: float, now: float) -> float:
+    """Decode tokens/s after `tokens` generated tokens, the first at time `first`: the steps after
+    the first token (the prefill produced it) over their own time. The one rule for every engine's
+    stream and every raw reference (N tokens over N-1 steps would overstate 32 tokens by 3 %)."""
+    return (tokens - 1) / max(now - first, 1e-9) if tokens > 1 else 0.0
+
+
 def decode_tps(stamps: list[float]) -> float:
-    """Decode tokens/s from the times at which each generated token became available: the steps
-    after the first token (the prefill produced it) over their own time. The one rule for every
-    engine and every raw reference (N tokens over N-1 steps would overstate 32 tokens by 3 %)."""
-    if len(stamps) < 2:
-        return 0.0
-    return (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
+    """decode_rate from the times at which each generated token became available."""
+    return decode_rate(len(stamps), stamps[0], stamps[-1]) if stamps else 0.0

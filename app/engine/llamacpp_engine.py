@@ -23,7 +23,7 @@ import numpy as np
 
 from app import paths
 from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, prefill_spans
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.gguf_lora import cached_gguf_lora
 from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
@@ -438,9 +438,8 @@ class LlamaCppEngine(Engine):
                     t_first = now
                 if n % 32 == 0:
                     peak = max(peak, proc.memory_info().rss / 1e9)
-                # Decode speed: steps after the first token (which came from the prefill) over their time.
                 stats = {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps, "generation_tokens": n,
-                         "generation_tps": (n - 1) / (now - t_first) if n > 1 else 0.0, "peak_memory": peak}
+                         "generation_tps": decode_rate(n, t_first, now), "peak_memory": peak}
                 if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                     yield detok.flush(), {**stats, "finish_reason": "stop"}
                     return

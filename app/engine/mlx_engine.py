@@ -19,7 +19,7 @@ import numpy as np
 
 from app.engine import mlx_thread
 from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, prefill_spans
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
 
@@ -250,13 +250,17 @@ class MLXEngine(Engine):
                 self.model(mx.array(tokens[lo:hi])[None], cache=cache)
                 mx.eval([c.state for c in cache])
         prefill = time.perf_counter() - start
+        t_first = None
         for r in mlx_lm.stream_generate(self.model, self.tokenizer, mx.array(tokens[-1:]), prompt_cache=cache,
                                         max_tokens=settings.max_tokens, sampler=sampler):
+            now = time.perf_counter()
+            t_first = t_first or now
             # r.prompt_tps covers only the last prompt token: count the whole prompt's time.
             prompt_tps = len(tokens) / (prefill + r.prompt_tokens / max(r.prompt_tps, 1e-9))
             yield r.text, {
                 "prompt_tokens": len(tokens), "prompt_tps": prompt_tps,
-                "generation_tokens": r.generation_tokens, "generation_tps": r.generation_tps,
+                "generation_tokens": r.generation_tokens,
+                "generation_tps": decode_rate(r.generation_tokens, t_first, now),
                 "peak_memory": r.peak_memory, "finish_reason": r.finish_reason,
             }
             if r.finish_reason is None and cancel is not None and cancel.is_set():

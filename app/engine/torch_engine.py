@@ -25,7 +25,7 @@ import torch
 from app.engine.adapter_format import (
     LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter, write_peft,
 )
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, prefill_spans
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
 from app.tasks import GenerationSettings
 
@@ -385,13 +385,15 @@ class TorchEngine(Engine):
                 return
             logits = step(tokens[lo:hi])
         prompt_tps = len(tokens) / max(time.perf_counter() - start, 1e-9)
-        t_gen = time.perf_counter()
+        t_first = None
         peak = 0.0
         for n in range(1, settings.max_tokens + 1):
             token = _sample(logits, settings, gen)
+            now = time.perf_counter()
+            t_first = t_first or now
             peak = max(peak, _memory_gb(self.device_name))
             stats = {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps, "generation_tokens": n,
-                     "generation_tps": n / max(time.perf_counter() - t_gen, 1e-9), "peak_memory": peak}
+                     "generation_tps": decode_rate(n, t_first, now), "peak_memory": peak}
             if token in self._eos:
                 yield detok.flush(), {**stats, "finish_reason": "stop"}
                 return
