@@ -8,11 +8,22 @@ GREEDY = GenerationSettings(max_tokens=12)
 MSGS = get_task("math").messages("What is 6 times 7?")
 
 
-@pytest.mark.parametrize("kind", ["mlx", "torch"])
-def test_replacing_the_active_adapter_keeps_it_active_with_the_new_weights(kind, tiny_models, tiny_adapters):
+def _model(kind, hf_folder, tmp_path_factory):
+    """The tiny model in the form the engine reads (llama.cpp: the same weights as a GGUF file)."""
+    if kind != "llamacpp":
+        return hf_folder
+    pytest.importorskip("llama_cpp")
+    from app.tiny_gguf import write_tiny_gguf
+
+    return write_tiny_gguf(hf_folder, tmp_path_factory.mktemp("gguf") / "model.gguf")
+
+
+@pytest.mark.parametrize("kind", ["mlx", "torch", "llamacpp"])
+def test_replacing_the_active_adapter_keeps_it_active_with_the_new_weights(kind, tiny_models, tiny_adapters,
+                                                                          tmp_path_factory):
     a = tiny_adapters["qwen2"]
     e = create_engine(kind)
-    e.load(tiny_models["qwen2"])
+    e.load(_model(kind, tiny_models["qwen2"], tmp_path_factory))
     e.add_adapter("math", a["math"])
     e.add_adapter("other", a["paraphrase"])
     e.activate("other")
@@ -49,12 +60,12 @@ def short_context_model(tiny_qwen, tmp_path_factory):
 ARTICLE = " ".join(f"Sentence {i} of a long article about the harbour." for i in range(400))
 
 
-@pytest.mark.parametrize("kind", ["mlx", "torch"])
-def test_a_long_input_is_cut_to_leave_room_for_the_answer(kind, short_context_model):
+@pytest.mark.parametrize("kind", ["mlx", "torch", "llamacpp"])
+def test_a_long_input_is_cut_to_leave_room_for_the_answer(kind, short_context_model, tmp_path_factory):
     from app.engine.base import truncate
 
     e = create_engine(kind)
-    e.load(short_context_model)
+    e.load(_model(kind, short_context_model, tmp_path_factory))
     settings = GenerationSettings(max_tokens=20)
     msgs = get_task("summarize").messages(ARTICLE)
     chunks = list(e.stream_generate(msgs, settings))

@@ -223,3 +223,23 @@ def test_a_hub_repo_of_gguf_files_downloads_only_its_q4_k_m_file(monkeypatch, ti
         e = create_engine("llamacpp")
         assert e.load("someorg/tiny-GGUF").path == path  # a second time: from the store, no download
     assert not [p for _, p in fake.requests if "f16" in p]
+
+
+def test_unload_frees_the_model_and_the_engine_loads_again(tiny_ggufs, tiny_adapters):
+    import psutil
+
+    e = create_engine("llamacpp")
+    e.load(tiny_ggufs["qwen2"])
+    e.add_adapter("math", tiny_adapters["qwen2"]["math"])
+    e.activate("math")
+    e.generate(MSGS, GenerationSettings(max_tokens=4))
+    e.unload()
+    assert e.model is None and e.ctx is None and e._lora == {} and e.model_info is None and e.active is None
+    with pytest.raises(EngineError, match="no model is loaded"):
+        e.generate(MSGS, GenerationSettings(max_tokens=4))
+    rss = psutil.Process().memory_info().rss
+    for _ in range(3):  # load and unload again: the memory does not pile up
+        e.load(tiny_ggufs["llama"])
+        assert e.generate(MSGS, GenerationSettings(max_tokens=4)) is not None
+        e.unload()
+    assert psutil.Process().memory_info().rss - rss < 200e6

@@ -345,7 +345,8 @@ class LlamaCppEngine(Engine):
         return buf.raw[:n]
 
     def decode(self, tokens) -> str:
-        return b"".join(self._piece_bytes(t) for t in tokens).decode("utf-8", "replace")
+        """Text of `tokens`, control tokens written out (as transformers' decode does)."""
+        return b"".join(self._piece_bytes(t, special=True) for t in tokens).decode("utf-8", "replace")
 
     def chat_prompt(self, messages: list[dict]) -> str:
         self.require_model()
@@ -423,7 +424,7 @@ class LlamaCppEngine(Engine):
             return
         prompt_tps = len(tokens) / max(time.perf_counter() - start, 1e-9)
         sampler = self._sampler(settings)
-        detok = _Detokenizer(self._piece_bytes)
+        detok = _Detokenizer(lambda t: self._piece_bytes(t, special=True))
         peak = proc.memory_info().rss / 1e9
         t_first = None
         try:
