@@ -14,7 +14,8 @@ def add_commands(adapters_sub, common) -> None:
     base_help = ("the base model's hub repo, when --model is a local folder or GGUF that does not name it "
                  "(e.g. Qwen/Qwen2.5-0.5B-Instruct)")
     sp = adapters_sub.add_parser("search", parents=[common],
-                                 help="find Hub LoRA adapters that fit the model, ranked for a task (needs the network)")
+                                 help="find Hub LoRA adapters that fit the model, ranked for a task "
+                                      "(needs the network)")
     sp.add_argument("--task", required=True, choices=task_names())
     sp.add_argument("--query", help="words the repo name must contain")
     sp.add_argument("--base", metavar="REPO", help=base_help)

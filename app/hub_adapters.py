@@ -586,7 +586,8 @@ def push(task: str, repo: str, private: bool = True, base: str | None = None,
     base_id = base_repo(weights.base_model, base)
     bench = _bench_rows(task, Path(bench_results)) if bench_results else None
     if get_token() is None:
-        raise HubUnavailable(f"{what} needs a Hugging Face token with write access: run `hf auth login` or set HF_TOKEN")
+        raise HubUnavailable(f"{what} needs a Hugging Face token with write access: run `hf auth login` or set "
+                             "HF_TOKEN")
     with tempfile.TemporaryDirectory(prefix="loradesk-push-") as tmp:
         out = Path(tmp) / "adapter"
         store.export(task, out, "peft", base_model=base_id)

@@ -81,7 +81,8 @@ class FakeHub:
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "ENDPOINT", self.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            self.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", BLOCK)  # several progress reports per small file
         return self
 

@@ -190,7 +190,8 @@ class HubDialog(QDialog):
 
     def _got(self, task: str, r) -> None:
         warn = "".join(f" Note: {w}." for w in r.warnings)
-        self.say(f"Got {r.repo}@{r.revision[:12]}: registered as {r.entry.name!r} for {task}; its tab uses it now.{warn}")
+        self.say(f"Got {r.repo}@{r.revision[:12]}: registered as {r.entry.name!r} for {task}; its tab uses it "
+                 f"now.{warn}")
         self.adapter_added.emit(task, str(r.entry.path))
 
     def _get_ended(self) -> None:
