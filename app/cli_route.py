@@ -64,7 +64,8 @@ def cmd_route(args) -> int:
             raise ValueError("give a prompt or --jsonl FILE, not both")
         for row in read_jsonl(args.jsonl):
             r = router.route(row["prompt"]) if row["prompt"].strip() else None
-            out = {"prompt": row["prompt"], "task": r.task if r else None, "confidence": round(r.confidence, 4) if r else 0.0}
+            out = {"prompt": row["prompt"], "task": r.task if r else None,
+                   "confidence": round(r.confidence, 4) if r else 0.0}
             if args.scores and r:
                 out["scores"] = {k: round(v, 4) for k, v in r.scores.items()}
             print(json.dumps(out, ensure_ascii=False))

@@ -51,7 +51,8 @@ def features(text: str) -> tuple[np.ndarray, np.ndarray]:
     bi = wh[:-1] * np.uint64(1000003) + wh[1:] + np.uint64(7) if len(wh) > 1 else np.zeros(0, np.uint64)
     groups.append((np.concatenate([uni, bi]) if words else np.zeros(0, np.uint64), 1.0))
 
-    b = np.frombuffer((" " + re.sub(r"\s+", " ", low) + " ").encode("utf-8", "replace"), dtype=np.uint8).astype(np.uint64)
+    spaced = (" " + re.sub(r"\s+", " ", low) + " ").encode("utf-8", "replace")
+    b = np.frombuffer(spaced, dtype=np.uint8).astype(np.uint64)
     grams = []
     for n in (3, 4):
         if len(b) >= n:
@@ -142,7 +143,8 @@ def default_router() -> Router:
     r = Router.load()
     expected = set(task_names()) | {NONE}
     if set(r.labels) != expected:
-        raise ValueError(f"the router was trained for {sorted(r.labels)} but the tasks are {sorted(expected - {NONE})}; "
+        raise ValueError(f"the router was trained for {sorted(r.labels)} but the tasks are "
+                         f"{sorted(expected - {NONE})}; "
                          "rebuild it: python -m training.router")
     return r
 

@@ -210,8 +210,8 @@ def test_auto_tab_routes_shows_its_choice_overrides_and_mixes(qtbot, tiny_qwen, 
     engine = win.host.engine
     tab = win.task_tabs["auto"]
     assert win.tabs.widget(0) is tab and win.tabs.tabText(0) == "Auto"
-    short = lambda text: [type(r)(r.messages, r.settings.replace(max_tokens=6)) for r in type(tab).runs(tab, text)]  # noqa: E731
-    tab.runs = short
+    tab.runs = lambda text: [type(r)(r.messages, r.settings.replace(max_tokens=6))
+                             for r in type(tab).runs(tab, text)]
 
     def answer(click):
         with qtbot.waitSignal(tab.generation_finished, timeout=60_000):

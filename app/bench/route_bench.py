@@ -79,7 +79,8 @@ def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[d
         for last in engine.stream_generate(messages, settings.replace(max_tokens=1)):
             pass
         rows.append({"task": it["task"], "routed": r.task, "route_s": routed,
-                     "ttft_s": last.time_to_first_token if last else 0.0, "prompt_tokens": last.prompt_tokens if last else 0})
+                     "ttft_s": last.time_to_first_token if last else 0.0,
+                     "prompt_tokens": last.prompt_tokens if last else 0})
         log(f"  {i + 1}/{len(items)} {it['task']:>10} -> {r.task:10} route {routed * 1e3:.2f} ms, "
             f"first token {rows[-1]['ttft_s']:.2f} s ({rows[-1]['prompt_tokens']} tokens)")
     return rows
