@@ -65,6 +65,7 @@ def test_train_cancel_resume_and_the_adapter_becomes_active(qtbot, tiny_qwen):
     qtbot.waitUntil(lambda: "math" in engine.adapters, timeout=WAIT_MS)
     assert Path(engine.adapters["math"].path) == Path(folder)
     win.tabs.setCurrentWidget(win.task_tabs["math"])
-    qtbot.waitUntil(lambda: engine.active == "math", timeout=WAIT_MS)
-    assert "adapter: math" in win.task_tabs["math"].status.text()
+    # The worker switches the adapter, then the tab hears of it (a signal): wait for the status line.
+    qtbot.waitUntil(lambda: engine.active == "math" and "adapter: math" in win.task_tabs["math"].status.text(),
+                    timeout=WAIT_MS)
     win.close()
