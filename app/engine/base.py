@@ -366,6 +366,20 @@ def _find_stop(text: str, stops, shown: int) -> int | None:
     return min(hits) if hits else None
 
 
+def give_back_freed_memory() -> None:
+    """Return freed heap pages to the system (glibc's malloc_trim). Reading and converting an adapter
+    frees tens of MB of temporary arrays that glibc would otherwise keep: 4 rank-16 adapters of a 0.5B
+    model held 1.47x their size in RSS, 1.006x after this."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # musl or another libc: nothing to do
+            pass
+
+
 def decode_rate(tokens: int, first: float, now: float) -> float:
     """Decode tokens/s after `tokens` generated tokens, the first at time `first`: the steps after
     the first token (the prefill produced it) over their own time. The one rule for every engine's

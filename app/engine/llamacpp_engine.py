@@ -23,7 +23,7 @@ import numpy as np
 
 from app import paths
 from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, give_back_freed_memory, prefill_spans
 from app.engine.gguf_lora import cached_gguf_lora
 from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
@@ -239,6 +239,8 @@ class LlamaCppEngine(Engine):
                                         paths.home() / "cache" / "gguf-lora")
         with self._lock:
             added = self._add(name, Path(folder), weights, gguf_file)
+        del weights  # its arrays are copied into the engine: hand the freed pages back
+        give_back_freed_memory()
         if warning:
             log.warning(warning)
             added.warning = warning

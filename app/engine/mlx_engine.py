@@ -19,7 +19,7 @@ import numpy as np
 
 from app.engine import mlx_thread
 from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, give_back_freed_memory, prefill_spans
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
 
@@ -156,6 +156,8 @@ class MLXEngine(Engine):
         warning = check_base_model(weights, info, where, force)
         with self._lock:
             added = mlx_thread.call(self._add, name, Path(folder), weights)
+        del weights  # its arrays are copied into the engine: hand the freed pages back
+        give_back_freed_memory()
         if warning:
             log.warning(warning)
             added.warning = warning

@@ -25,7 +25,7 @@ import torch
 from app.engine.adapter_format import (
     LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter, write_peft,
 )
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, give_back_freed_memory, prefill_spans
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
 from app.tasks import GenerationSettings
 
@@ -277,6 +277,8 @@ class TorchEngine(Engine):
         warning = check_base_model(weights, info, where, force)
         with self._lock:
             added = self._add(name, Path(folder), weights)
+        del weights  # its arrays are copied into the engine: hand the freed pages back
+        give_back_freed_memory()
         if warning:
             log.warning(warning)
             added.warning = warning
