@@ -38,6 +38,10 @@ TARGETS = {  # key: (comparison, target, engines it applies to or None for all)
     "base_decode_vs_torch_ratio": (">=", 2.0, ("llamacpp",)),
 }
 LLAMACPP_ADAPTER_TARGET = 0.85
+LONG_ANSWER = ("Write a Python module with twenty small utility functions for strings, lists and dates, "
+               "each with a docstring and an example.")
+# Random adapters' strength: small enough that the answer stays long, the same work per token.
+RANDOM_SCALE = 0.25
 
 
 def _rss() -> int:
@@ -76,19 +80,25 @@ def _adapters_for(eng, tmp: Path, rank: int, log) -> tuple[dict[str, Path], str]
     log(f"making random rank-{rank} adapters for {', '.join(task_names())} ...")
     info = eng.model_info
     fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
-    return ({task: write_mlx(random_adapter_for(eng.linear_shapes(), fp, info.ref, seed=i + 1, rank=rank, scale=1.0),
+    return ({task: write_mlx(random_adapter_for(eng.linear_shapes(), fp, info.ref, seed=i + 1, rank=rank,
+                                                scale=RANDOM_SCALE),
                              tmp / task)
              for i, task in enumerate(task_names())}, f"random rank-{rank}, all attention+MLP projections")
 
 
-def stream_decode_tps(eng, messages, settings) -> float:
-    """Decode tokens/s of one answer, timed from outside the engine as each token arrives."""
+def stream_decode(eng, messages, settings) -> tuple[float, int]:
+    """Decode tokens/s of one answer, timed from outside the engine as each token arrives, and
+    its number of tokens."""
     stamps, seen = [], 0
     for chunk in eng.stream_generate(messages, settings):
         now = time.perf_counter()
         stamps += [now] * (chunk.generation_tokens - seen)  # a chunk may carry several tokens
         seen = max(seen, chunk.generation_tokens)
-    return decode_tps(stamps)
+    return decode_tps(stamps), len(stamps)
+
+
+def stream_decode_tps(eng, messages, settings) -> float:
+    return stream_decode(eng, messages, settings)[0]
 
 
 def run_speed(model: str | None = None, engine: str | None = None, max_tokens: int = 32, switches: int = 1000,
@@ -99,17 +109,21 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
     eng = create_engine(kind)
     log(f"loading {ref} on {kind} ...")
     info = eng.load(ref)
-    task = get_task("summarize")
-    messages = task.messages(task.example_input)
-    # Greedy, no stop strings; EOS may still end early, so tokens/s (not time) is compared.
-    settings = GenerationSettings(max_tokens=max_tokens)
+    # A request with a long answer, so every configuration decodes `max_tokens` steps (an early EOS
+    # would compare speeds at different lengths; the token counts are reported beside the speeds).
+    messages = get_task("code").messages(LONG_ANSWER)
+    settings = GenerationSettings(max_tokens=max_tokens)  # greedy, no stop strings
 
-    def decode() -> float:
-        return stream_decode_tps(eng, messages, settings)
+    lengths = {}
+
+    def decode(key: str = "engine") -> float:
+        tps, n = stream_decode(eng, messages, settings)
+        lengths.setdefault(key, []).append(n)
+        return tps
 
     decode()  # warm-up: first-call compilation and allocation
     log(f"decoding {max_tokens} tokens x {rounds} rounds with no adapter loaded ...")
-    bare = [decode() for _ in range(rounds)]
+    bare = [decode("base_noadapter") for _ in range(rounds)]
     rss_before = _rss()
     with tempfile.TemporaryDirectory() as tmp:
         folders, source = _adapters_for(eng, Path(tmp), rank, log)
@@ -132,9 +146,9 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
         base_tps, adapter_tps, other_tps = [], [], {k: [] for k in others}
         for _ in range(rounds):
             eng.activate(None)
-            base_tps.append(decode())
+            base_tps.append(decode("base"))
             eng.activate(names[0])
-            adapter_tps.append(decode())
+            adapter_tps.append(decode("adapter"))
             for k, other in others.items():
                 other_tps[k].append(stream_decode_tps(other, messages, settings))
 
@@ -156,6 +170,7 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
             "adapter_disk_bytes": disk,
             "adapter_memory_ratio": round(adapters_mem / disk, 4) if disk else None,
             "memory": "process RSS after adding the adapters - before",
+            "answer_tokens": {k: int(statistics.median(v)) for k, v in lengths.items() if k != "engine"},
             "max_tokens": max_tokens,
             "rounds": rounds,
         }

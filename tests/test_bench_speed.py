@@ -1,0 +1,40 @@
+"""`loradesk bench speed` on tiny models: every engine reports the same keys, measured the same way
+(decode steps over their own time, memory from the process), with its raw library beside it."""
+import json
+
+import pytest
+
+from app.cli import main
+
+KEYS = ("switch_p50_ms", "switch_p99_ms", "base_decode_tps", "adapter_decode_tps", "adapter_decode_ratio",
+        "reference", "reference_decode_tps", "engine_vs_reference_ratio", "adapter_memory_ratio",
+        "base_decode_noadapter_tps")
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", "torch"])
+def test_bench_speed_reports_every_figure(kind, tiny_qwen, tiny_ggufs, capsys):
+    model = tiny_ggufs["qwen2"] if kind == "llamacpp" else tiny_qwen
+    args = ["bench", "speed", "--engine", kind, "--model", str(model), "--switches", "50", "--max-tokens", "12",
+            "--rounds", "1", "--json"]
+    if kind == "llamacpp":
+        args += ["--vs", f"torch={tiny_qwen}"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in KEYS:
+        assert key in r, key
+    assert 0 < r["switch_p50_ms"] <= r["switch_p99_ms"] < 50
+    assert r["base_decode_tps"] > 0 and r["adapter_decode_tps"] > 0 and r["reference_decode_tps"] > 0
+    assert r["adapter_decode_ratio"] == pytest.approx(r["adapter_decode_tps"] / r["base_decode_tps"], rel=1e-3)
+    assert r["adapter_disk_bytes"] > 0 and r["adapter_resident_bytes"] is not None
+    assert set(r["answer_tokens"]) == {"base_noadapter", "base", "adapter"}
+    if kind == "llamacpp":
+        assert r["torch_base_decode_tps"] > 0
+        assert r["base_decode_vs_torch_ratio"] == pytest.approx(r["base_decode_tps"] / r["torch_base_decode_tps"],
+                                                                rel=1e-3)
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--engine", "nope"])
+
+
+def test_bench_speed_vs_needs_engine_equals_model(tiny_ggufs, capsys):
+    assert main(["bench", "speed", "--engine", "llamacpp", "--model", str(tiny_ggufs["qwen2"]), "--vs", "torch"]) == 2
+    assert "--vs takes ENGINE=MODEL" in capsys.readouterr().err
