@@ -145,7 +145,7 @@ def build_root(new_root: str, box: str, extra_dirs: list[str]) -> None:
         else:
             open(dst, "a").close()
         _bind(src, dst, writable=path == BOX)
-    os.makedirs(new_root + "/tmp")
+    os.makedirs(new_root + "/tmp", exist_ok=True)  # exists already when Python lives under /tmp (a CI clone)
     os.chdir(new_root)
     # pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only ours.
     _check(_libc.syscall(_SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
