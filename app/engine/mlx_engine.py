@@ -159,7 +159,7 @@ class MLXEngine(Engine):
         del weights  # its arrays are copied into the engine: hand the freed pages back
         give_back_freed_memory()
         if warning:
-            log.warning(warning)
+            log.info(warning)  # the caller shows AdapterInfo.warning once (CLI line, app banner)
             added.warning = warning
         return added
 
