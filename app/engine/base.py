@@ -7,6 +7,7 @@ this interface; mlx and torch are imported inside the engine modules alone.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from app.tasks import GenerationSettings
+
+log = logging.getLogger(__name__)
 
 
 class EngineError(RuntimeError):
@@ -99,11 +102,49 @@ class Engine(ABC):
         """Drop the backend's model objects and return their memory (gc, allocator caches)."""
         gc.collect()
 
-    @abstractmethod
+    # Model facts an adapter is not checked against (the context length; llama.cpp reads no FFN size).
+    _unchecked_facts: tuple[str, ...] = ("max_position_embeddings",)
+
     def add_adapter(self, name: str, folder: str | Path, force: bool = False) -> AdapterInfo:
         """Validate and load an adapter folder (MLX or PEFT format); it stays resident, inactive.
         An adapter recorded as made for another base model is refused unless `force`
         (adapter_format.check_base_model; its warning, if any, is kept in AdapterInfo.warning)."""
+        from app.engine.adapter_format import read_adapter
+
+        self.require_model()
+        weights = read_adapter(folder)  # file reading and format checks: any thread, no lock
+        where = f"{name!r} ({folder})"
+        self._check(weights, where)
+        warning = self._check_base(weights, where, force)
+        with self._lock:
+            added = self._add_folder(name, Path(folder), weights)
+        del weights  # its arrays are copied into the engine: hand the freed pages back
+        give_back_freed_memory()
+        if warning:
+            log.info(warning)  # the caller shows AdapterInfo.warning once (CLI line, app banner)
+            added.warning = warning
+        return added
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of every adaptable linear layer, by module name."""
+        raise NotImplementedError
+
+    def _check(self, weights, where: str) -> None:
+        """Every mismatch between the adapter and the model's layers and facts, in one AdapterError."""
+        from app.engine.adapter_format import check_against_model
+
+        info = self.model_info
+        fp = {k: v for k, v in info.fingerprint.items() if k not in self._unchecked_facts}
+        check_against_model(weights, self.linear_shapes(), fp, where, f"the loaded model ({info.ref})")
+
+    def _check_base(self, weights, where: str, force: bool) -> str | None:
+        from app.engine.adapter_format import check_base_model
+
+        return check_base_model(weights, self.model_info, where, force)
+
+    @abstractmethod
+    def _add_folder(self, name: str, folder: Path, weights) -> AdapterInfo:
+        """Make the checked adapter resident under `name` (the caller holds the lock)."""
 
     def remove_adapter(self, name: str) -> None:
         self.check_adapter_name(name)

@@ -24,7 +24,7 @@ from app.engine.adapter_format import LoraWeights
 from app.engine.base import AdapterError
 
 FORMAT_VERSION = 1  # bump when the written file changes for the same input (invalidates caches)
-CACHE_DIR = ".gguf"  # beside the adapter's own files
+CACHE_DIR = "gguf-cache"  # beside the adapter's own files (no leading dot: the store reads those as temp folders)
 PERMUTED_ARCHS = ("llama",)  # architectures whose q/k rows llama.cpp's converter permutes
 
 
@@ -100,7 +100,7 @@ def content_hash(folder: Path) -> str:
 
 def cached_gguf_lora(folder: str | Path, weights: LoraWeights, arch: str, n_head: int, n_head_kv: int,
                      n_layers: int, fallback_dir: Path) -> tuple[Path, bool]:
-    """The GGUF LoRA for the adapter folder, converted once: cached beside it (in `.gguf/`), or in
+    """The GGUF LoRA for the adapter folder, converted once: cached beside it (in `gguf-cache/`), or in
     `fallback_dir` when that folder is not writable. Key: the folder's content hash and the base's
     architecture facts. Returns (file, whether it was converted now)."""
     folder = Path(folder)

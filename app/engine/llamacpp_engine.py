@@ -22,8 +22,8 @@ import llama_cpp
 import numpy as np
 
 from app import paths
-from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, give_back_freed_memory, prefill_spans
+from app.engine.adapter_format import LoraWeights, check_base_model
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.gguf_lora import cached_gguf_lora
 from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
@@ -226,25 +226,18 @@ class LlamaCppEngine(Engine):
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         return dict(self._shapes)
 
-    def add_adapter(self, name: str, folder, force: bool = False) -> AdapterInfo:
-        info = self.require_model()
-        weights = read_adapter(folder)
-        where = f"{name!r} ({folder})"
-        self._check(weights, where)
-        made_here = weights.base_model and Path(weights.base_model).expanduser().resolve() == info.path
-        warning = None if made_here else check_base_model(weights, self._identity(), where, force)
-        fp = info.fingerprint
-        gguf_file, _ = cached_gguf_lora(folder, weights, info.model_type, fp["num_attention_heads"],
+    _unchecked_facts = ("max_position_embeddings", "intermediate_size")  # the GGUF may not record it
+
+    def _check_base(self, weights: LoraWeights, where: str, force: bool) -> str | None:
+        made_here = weights.base_model and Path(weights.base_model).expanduser().resolve() == self.model_info.path
+        return None if made_here else check_base_model(weights, self._identity(), where, force)
+
+    def _add_folder(self, name: str, folder: Path, weights: LoraWeights) -> AdapterInfo:
+        fp = self.model_info.fingerprint
+        gguf_file, _ = cached_gguf_lora(folder, weights, self.model_info.model_type, fp["num_attention_heads"],
                                         fp["num_key_value_heads"], fp["num_hidden_layers"],
                                         paths.home() / "cache" / "gguf-lora")
-        with self._lock:
-            added = self._add(name, Path(folder), weights, gguf_file)
-        del weights  # its arrays are copied into the engine: hand the freed pages back
-        give_back_freed_memory()
-        if warning:
-            log.info(warning)  # the caller shows AdapterInfo.warning once (CLI line, app banner)
-            added.warning = warning
-        return added
+        return self._add(name, folder, weights, gguf_file)
 
     def _identity(self) -> ModelInfo:
         """The loaded model as check_base_model sees it: a hub repo id when the user gave one, else
@@ -270,11 +263,6 @@ class LlamaCppEngine(Engine):
             info = self.add_adapter(name, src, force=True)  # just trained on this model
         info.path = folder or Path(".")
         return info
-
-    def _check(self, weights: LoraWeights, where: str) -> None:
-        info = self.model_info
-        fp = {k: v for k, v in info.fingerprint.items() if k not in ("max_position_embeddings", "intermediate_size")}
-        check_against_model(weights, self._shapes, fp, where, f"the loaded model ({info.ref})")
 
     def _add(self, name: str, folder: Path, weights: LoraWeights, gguf_file: Path) -> AdapterInfo:
         _last_errors.clear()

@@ -18,8 +18,8 @@ import mlx.nn as nn
 import numpy as np
 
 from app.engine import mlx_thread
-from app.engine.adapter_format import LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, give_back_freed_memory, prefill_spans
+from app.engine.adapter_format import LoraWeights, fingerprint_of
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
 
@@ -147,27 +147,13 @@ class MLXEngine(Engine):
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         return {name: _in_out(m) for name, m in self._linears.items()}
 
-    def add_adapter(self, name: str, folder, force: bool = False) -> AdapterInfo:
-        info = self.require_model()
-        weights = read_adapter(folder)  # file reading and format checks: any thread
-        fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
-        where = f"{name!r} ({folder})"
-        check_against_model(weights, self.linear_shapes(), fp, where, f"the loaded model ({info.ref})")
-        warning = check_base_model(weights, info, where, force)
-        with self._lock:
-            added = mlx_thread.call(self._add, name, Path(folder), weights)
-        del weights  # its arrays are copied into the engine: hand the freed pages back
-        give_back_freed_memory()
-        if warning:
-            log.info(warning)  # the caller shows AdapterInfo.warning once (CLI line, app banner)
-            added.warning = warning
-        return added
+    def _add_folder(self, name: str, folder: Path, weights: LoraWeights) -> AdapterInfo:
+        return mlx_thread.call(self._add, name, folder, weights)
 
     def add_weights(self, name: str, weights: LoraWeights, folder: Path | None = None) -> AdapterInfo:
         """Add adapter weights already in memory (e.g. just trained)."""
-        info = self.require_model()
-        fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
-        check_against_model(weights, self.linear_shapes(), fp, repr(name), f"the loaded model ({info.ref})")
+        self.require_model()
+        self._check(weights, repr(name))
         with self._lock:
             return mlx_thread.call(self._add, name, folder or Path("."), weights)
 

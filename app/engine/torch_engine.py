@@ -22,10 +22,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from app.engine.adapter_format import (
-    LoraWeights, check_against_model, check_base_model, fingerprint_of, read_adapter, write_peft,
-)
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, give_back_freed_memory, prefill_spans
+from app.engine.adapter_format import LoraWeights, fingerprint_of, write_peft
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
 from app.tasks import GenerationSettings
 
@@ -269,20 +267,8 @@ class TorchEngine(Engine):
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         return dict(self._shapes)
 
-    def add_adapter(self, name: str, folder, force: bool = False) -> AdapterInfo:
-        info = self.require_model()
-        weights = read_adapter(folder)
-        where = f"{name!r} ({folder})"
-        self._check(weights, where)
-        warning = check_base_model(weights, info, where, force)
-        with self._lock:
-            added = self._add(name, Path(folder), weights)
-        del weights  # its arrays are copied into the engine: hand the freed pages back
-        give_back_freed_memory()
-        if warning:
-            log.info(warning)  # the caller shows AdapterInfo.warning once (CLI line, app banner)
-            added.warning = warning
-        return added
+    def _add_folder(self, name: str, folder: Path, weights: LoraWeights) -> AdapterInfo:
+        return self._add(name, folder, weights)
 
     def add_weights(self, name: str, weights: LoraWeights, folder: Path | None = None) -> AdapterInfo:
         """Add adapter weights already in memory (e.g. just trained)."""
@@ -290,11 +276,6 @@ class TorchEngine(Engine):
         self._check(weights, repr(name))
         with self._lock:
             return self._add(name, folder or Path("."), weights, from_folder=False)
-
-    def _check(self, weights: LoraWeights, where: str) -> None:
-        info = self.model_info
-        fp = {k: v for k, v in info.fingerprint.items() if k != "max_position_embeddings"}
-        check_against_model(weights, self._shapes, fp, where, f"the loaded model ({info.ref})")
 
     def _add(self, name: str, folder: Path, weights: LoraWeights, from_folder: bool = True) -> AdapterInfo:
         from peft.tuners.lora import LoraLayer
