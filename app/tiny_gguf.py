@@ -12,7 +12,9 @@ from app.engine.gguf_lora import PERMUTED_ARCHS, permute_rows
 
 
 def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") -> Path:
-    """Write the tiny qwen2 or llama model in `model_dir` to `out` (F32, or Q8_0 matrices)."""
+    """Write the tiny qwen2 or llama model in `model_dir` to `out` (F32, or F16 or Q8_0 matrices).
+    llama.cpp reads the Q8_0 file's metadata but crashes evaluating it at these tiny shapes: Q8_0 is
+    for import tests; F16 is the non-F32 base that evaluates."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -35,7 +37,8 @@ def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") 
     if arch == "llama":
         w.add_rope_dimension_count(cfg["head_dim"])
         w.add_vocab_size(cfg["vocab_size"])
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype == "F32" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+                     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[qtype])
     added = {t["content"]: t["id"] for t in tok["added_tokens"]}
     by_id = {i: t for t, i in {**tok["model"]["vocab"], **added}.items()}
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(cfg["vocab_size"])]  # vocab padded like llama.cpp
@@ -62,6 +65,8 @@ def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") 
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if qtype == "Q8_0" and arr.ndim == 2:
             w.add_tensor(name, gguf.quants.quantize(arr, q8), raw_dtype=q8)
+        elif qtype == "F16" and arr.ndim == 2:
+            w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float16))
         else:
             w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
     w.write_header_to_file()

@@ -116,6 +116,28 @@ def test_a_repeated_prompt_reuses_its_prefix_under_the_same_adapter(tiny_ggufs, 
     assert e._prepare_cache(tokens) == 0  # another adapter set: nothing is kept
 
 
+def test_beside_a_non_f32_base_the_gguf_lora_is_f16_and_moves_the_logits_as_torch(
+        tiny_models, peft_adapters, tmp_path):
+    """F16 halves what every decode step reads for the resident adapter; the effect stays torch's."""
+    import gguf
+
+    from app.tiny_gguf import write_tiny_gguf
+
+    ll, th = create_engine("llamacpp"), create_engine("torch")
+    ll.load(write_tiny_gguf(tiny_models["qwen2"], tmp_path / "f16.gguf", qtype="F16"))
+    th.load(tiny_models["qwen2"])
+    prompt = ll.chat_prompt(PLAIN)
+    base_l, base_t = ll.next_token_logits(prompt), th.next_token_logits(prompt)
+    info = ll.add_adapter("plain", peft_adapters["qwen2"]["plain"])
+    th.add_adapter("plain", peft_adapters["qwen2"]["plain"])
+    types = {t.tensor_type for t in gguf.GGUFReader(info.metadata["gguf_lora"]).tensors}
+    assert types == {gguf.GGMLQuantizationType.F16}
+    ll.activate("plain")
+    th.activate("plain")
+    delta_l, delta_t = ll.next_token_logits(prompt) - base_l, th.next_token_logits(prompt) - base_t
+    assert np.corrcoef(delta_l, delta_t)[0, 1] >= 0.99
+
+
 def test_adapters_are_converted_once_and_cached_beside_them(tiny_ggufs, tiny_adapters, tmp_path):
     import shutil
 

@@ -41,6 +41,8 @@ def test_no_adapter_offer_find_on_hub_get_and_estimate(qtbot, tiny_qwen, tmp_pat
         dialog.base.setText(BASE)
         w = dialog.search()
         qtbot.waitUntil(lambda: w.done.is_set(), timeout=WAIT_MS)
+        # done is set in the pool thread; the results reach the table through a queued signal
+        qtbot.waitUntil(lambda: "fit" in dialog.message.text(), timeout=WAIT_MS)
         assert dialog.table.rowCount() == 1 and dialog.table.item(0, 0).text() == "alice/tiny-gsm8k-lora"
         assert dialog.table.item(0, 6).text() == "gsm8k" and "1 adapters fit" in dialog.message.text()
 

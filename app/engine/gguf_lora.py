@@ -6,6 +6,8 @@
   `gguf` package's tensor name map;
 - llama.cpp scales each pair by alpha / r (r read from that tensor), so per-module strengths (rsLoRA,
   rank and alpha patterns, MLX scales) are folded into B: one alpha, every module exact;
+- tensors in F16, as the converter writes them by default (half the memory and bandwidth of F32,
+  which a decode step on CPU pays for every resident token), or F32 for an F32 base model;
 - the llama architecture's q/k weights are stored permuted for llama.cpp's rope layout (its
   converter's `permute`), so the rows of those modules' B are permuted the same way.
 
@@ -23,7 +25,7 @@ import numpy as np
 from app.engine.adapter_format import LoraWeights
 from app.engine.base import AdapterError
 
-FORMAT_VERSION = 1  # bump when the written file changes for the same input (invalidates caches)
+FORMAT_VERSION = 2  # bump when the written file changes for the same input (invalidates caches)
 CACHE_DIR = "gguf-cache"  # beside the adapter's own files (no leading dot: the store reads those as temp folders)
 PERMUTED_ARCHS = ("llama",)  # architectures whose q/k rows llama.cpp's converter permutes
 
@@ -35,7 +37,7 @@ def permute_rows(m: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf_lora(weights: LoraWeights, out: str | Path, arch: str, n_head: int, n_head_kv: int,
-                    n_layers: int, dtype=np.float32) -> Path:
+                    n_layers: int, dtype=np.float16) -> Path:
     """Write `weights` as a GGUF LoRA for a base model of `arch` (temp file, then renamed)."""
     import gguf
 
@@ -98,14 +100,20 @@ def content_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
+def lora_dtype(base_file_type: int | None):
+    """The tensor type of a GGUF LoRA for a base of llama.cpp `general.file_type`: F32 beside an
+    all-F32 base (exact, as the parity tests need), else F16."""
+    return np.float32 if base_file_type == 0 else np.float16
+
+
 def cached_gguf_lora(folder: str | Path, weights: LoraWeights, arch: str, n_head: int, n_head_kv: int,
-                     n_layers: int, fallback_dir: Path) -> tuple[Path, bool]:
+                     n_layers: int, fallback_dir: Path, dtype=np.float16) -> tuple[Path, bool]:
     """The GGUF LoRA for the adapter folder, converted once: cached beside it (in `gguf-cache/`), or in
     `fallback_dir` when that folder is not writable. Key: the folder's content hash and the base's
     architecture facts. Returns (file, whether it was converted now)."""
     folder = Path(folder)
     key = hashlib.sha256(json.dumps(
-        [content_hash(folder), arch, n_head, n_head_kv, n_layers, FORMAT_VERSION]).encode()).hexdigest()[:24]
+        [content_hash(folder), arch, n_head, n_head_kv, n_layers, np.dtype(dtype).name, FORMAT_VERSION]).encode()).hexdigest()[:24]
     candidates = [folder / CACHE_DIR / f"{key}.gguf", Path(fallback_dir) / f"{key}.gguf"]
     for path in candidates:
         if path.exists():
@@ -113,7 +121,7 @@ def cached_gguf_lora(folder: str | Path, weights: LoraWeights, arch: str, n_head
     last = None
     for path in candidates:
         try:
-            return write_gguf_lora(weights, path, arch, n_head, n_head_kv, n_layers), True
+            return write_gguf_lora(weights, path, arch, n_head, n_head_kv, n_layers, dtype), True
         except OSError as e:  # read-only adapter folder: try the cache folder
             last = e
     raise AdapterError(f"could not write the GGUF form of adapter {folder}: {last}")

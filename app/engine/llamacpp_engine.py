@@ -24,7 +24,7 @@ import numpy as np
 from app import paths
 from app.engine.adapter_format import LoraWeights, check_base_model
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
-from app.engine.gguf_lora import cached_gguf_lora
+from app.engine.gguf_lora import cached_gguf_lora, lora_dtype
 from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
 
@@ -145,6 +145,7 @@ class LlamaCppEngine(Engine):
         self._cache: list[int] = []  # the tokens whose keys/values are in the KV cache
         self._one = (llama_cpp.llama_token * 1)()
         self._shapes: dict[str, tuple[int, int]] = {}
+        self._lora_dtype = None  # the GGUF LoRA tensor type for the loaded base
         self._piece = ctypes.create_string_buffer(256)
         self.device = "cpu (llama.cpp" + (", GPU offload)" if llama_cpp.llama_supports_gpu_offload() else ")")
 
@@ -197,6 +198,8 @@ class LlamaCppEngine(Engine):
             bytes=path.stat().st_size,
         )
         self.name = _meta(model, "general.name")
+        file_type = _meta(model, "general.file_type")
+        self._lora_dtype = lora_dtype(int(file_type) if file_type and file_type.isdigit() else None)
         self.adapters.clear()
         self.active = None
         return self.model_info
@@ -240,7 +243,7 @@ class LlamaCppEngine(Engine):
         fp = self.model_info.fingerprint
         gguf_file, _ = cached_gguf_lora(folder, weights, self.model_info.model_type, fp["num_attention_heads"],
                                         fp["num_key_value_heads"], fp["num_hidden_layers"],
-                                        paths.home() / "cache" / "gguf-lora")
+                                        paths.home() / "cache" / "gguf-lora", self._lora_dtype)
         return self._add(name, folder, weights, gguf_file)
 
     def _identity(self) -> ModelInfo:
