@@ -29,7 +29,9 @@ def tiny_model_for(kind: str, root: Path) -> Path:
         return model
     from app.tiny_gguf import write_tiny_gguf
 
-    return write_tiny_gguf(model, root / "model.gguf")
+    # Quantized, as users' models are: the quantized kernels are the ones that differ per CPU
+    # (llama.cpp's AMX path crashes on some Xeons, see llamacpp_engine.extra_buffers).
+    return write_tiny_gguf(model, root / "model.gguf", qtype="Q8_0")
 
 
 def check_engine(kind: str, root: Path, log) -> None:

@@ -12,9 +12,7 @@ from app.engine.gguf_lora import PERMUTED_ARCHS, permute_rows
 
 
 def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") -> Path:
-    """Write the tiny qwen2 or llama model in `model_dir` to `out` (F32, or F16 or Q8_0 matrices).
-    llama.cpp reads the Q8_0 file's metadata but crashes evaluating it at these tiny shapes: Q8_0 is
-    for import tests; F16 is the non-F32 base that evaluates."""
+    """Write the tiny qwen2 or llama model in `model_dir` to `out` (F32, or F16 or Q8_0 matrices)."""
     import gguf
     from safetensors.numpy import load_file
 

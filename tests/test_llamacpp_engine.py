@@ -116,6 +116,34 @@ def test_a_repeated_prompt_reuses_its_prefix_under_the_same_adapter(tiny_ggufs, 
     assert e._prepare_cache(tokens) == 0  # another adapter set: nothing is kept
 
 
+def test_a_quantized_gguf_answers_on_any_cpu(tiny_models, tiny_ggufs, tmp_path):
+    """On an AMX CPU, llama.cpp's AMX weight buffer segfaults on the first Q8_0/Q4_K answer
+    (llama.cpp #20824; every run on this project's Xeon VM): the engine must not use it there."""
+    from app.engine.llamacpp_engine import amx_cpu, extra_buffers
+    from app.tiny_gguf import write_tiny_gguf
+
+    on, why = extra_buffers()
+    assert on != amx_cpu() and ("AMX" in why) == amx_cpu()
+    q8 = create_engine("llamacpp")
+    q8.load(write_tiny_gguf(tiny_models["qwen2"], tmp_path / "q8.gguf", qtype="Q8_0"))
+    assert "Q8_0" in q8.model_info.quantization
+    f32 = create_engine("llamacpp")
+    f32.load(tiny_ggufs["qwen2"])
+    prompt = q8.chat_prompt(PLAIN)
+    a, b = q8.next_token_logits(prompt), f32.next_token_logits(prompt)
+    assert np.corrcoef(a, b)[0, 1] > 0.99  # Q8_0 rounding only
+    assert q8.generate(prompt, GREEDY20)
+
+
+def test_weight_repacking_can_be_forced_either_way(monkeypatch):
+    from app.engine.llamacpp_engine import extra_buffers, model_params
+
+    monkeypatch.setenv("LORADESK_LLAMACPP_REPACK", "0")
+    assert extra_buffers()[0] is False and model_params().use_extra_bufts is False
+    monkeypatch.setenv("LORADESK_LLAMACPP_REPACK", "1")
+    assert extra_buffers() == (True, "LORADESK_LLAMACPP_REPACK=1") and model_params().use_extra_bufts is True
+
+
 def test_beside_a_non_f32_base_the_gguf_lora_is_f16_and_moves_the_logits_as_torch(
         tiny_models, peft_adapters, tmp_path):
     """F16 halves what every decode step reads for the resident adapter; the effect stays torch's."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from app.engine.base import decode_tps
-from app.engine.llamacpp_engine import BATCH
+from app.engine.llamacpp_engine import BATCH, extra_buffers
 
 
 def _raw_decode_tps(llm, tokens: list[int], max_tokens: int) -> float:
@@ -23,14 +24,36 @@ def _raw_decode_tps(llm, tokens: list[int], max_tokens: int) -> float:
     return decode_tps(stamps)
 
 
+@contextmanager
+def _same_model_params():
+    """`Llama` takes no `use_extra_bufts`: give it the engine's choice (see extra_buffers) through
+    the defaults it starts from, so both sides run the same kernels and neither meets the AMX crash."""
+    import llama_cpp.llama as high
+
+    default = high.llama_cpp.llama_model_default_params
+    on = extra_buffers()[0]
+
+    def params():
+        p = default()
+        p.use_extra_bufts = on
+        return p
+
+    high.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        high.llama_cpp.llama_model_default_params = default
+
+
 def reference(model_path: Path, adapter_folders: dict[str, Path], tokens: list[int], max_tokens: int,
               engine_decode: Callable[[], float], rounds: int = 3, engine=None) -> dict:
     from llama_cpp import Llama
 
     name = next(iter(adapter_folders))
     lora = engine.adapters[name].metadata["gguf_lora"]
-    llm = Llama(model_path=str(model_path), lora_path=lora, n_ctx=engine.context_length, n_batch=BATCH,
-                n_ubatch=BATCH, n_threads=engine.threads, n_threads_batch=engine.threads, verbose=False)
+    with _same_model_params():
+        llm = Llama(model_path=str(model_path), lora_path=lora, n_ctx=engine.context_length, n_batch=BATCH,
+                    n_ubatch=BATCH, n_threads=engine.threads, n_threads_batch=engine.threads, verbose=False)
     raw, ours = [], []
     try:
         for _ in range(rounds):
@@ -40,7 +63,8 @@ def reference(model_path: Path, adapter_folders: dict[str, Path], tokens: list[i
         llm.close()
     r, o = statistics.median(raw), statistics.median(ours)
     return {
-        "reference": f"llama-cpp-python Llama.generate, lora_path = the same GGUF LoRA ({engine.threads} threads)",
+        "reference": f"llama-cpp-python Llama.generate, lora_path = the same GGUF LoRA ({engine.threads} threads, "
+                     f"weight repacking {extra_buffers()[1]})",
         "reference_adapter": name,
         "reference_decode_tps": round(r, 3),
         "engine_adapter_decode_tps": round(o, 3),

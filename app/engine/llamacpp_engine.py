@@ -72,9 +72,30 @@ def context_params(n_ctx: int, threads: int):
     return p
 
 
+def amx_cpu() -> bool:
+    """Whether this llama.cpp build would put the weights in its AMX buffer (Sapphire Rapids and
+    later Xeons, and cloud VMs on them)."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+def extra_buffers() -> tuple[bool, str]:
+    """(use llama.cpp's extra weight buffers, why). Those hold weights repacked for AMX or for
+    AVX2/AVX-512 kernels. ggml's AMX matmul segfaults on the first answer with Q4_K_M models on
+    some of these CPUs (llama.cpp #20824, open; it crashed every run on this project's Xeon VM, and
+    llama.cpp's own `Llama` with it), so on an AMX CPU they are off: plain CPU kernels, a little
+    slower, never a crash. LORADESK_LLAMACPP_REPACK=1 turns them on again, =0 off everywhere."""
+    env = os.environ.get("LORADESK_LLAMACPP_REPACK")
+    if env in ("0", "1"):
+        return env == "1", f"LORADESK_LLAMACPP_REPACK={env}"
+    if amx_cpu():
+        return False, "off: this CPU has AMX, whose llama.cpp kernels crash (llama.cpp #20824)"
+    return True, "on"
+
+
 def model_params():
     p = llama_cpp.llama_model_default_params()
     p.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    p.use_extra_bufts = extra_buffers()[0]
     # Weights read into memory rather than mmap'ed: with rank-16 adapters on the 0.5B Q4_K_M model,
     # 200-token decode ran 41.4 tok/s mmap'ed and 44.2-45.9 read in (llama-cpp-python's Llama, which
     # never mmaps with a LoRA, 46.0). The weights are resident either way while the model answers.
@@ -147,7 +168,8 @@ class LlamaCppEngine(Engine):
         self._shapes: dict[str, tuple[int, int]] = {}
         self._lora_dtype = None  # the GGUF LoRA tensor type for the loaded base
         self._piece = ctypes.create_string_buffer(256)
-        self.device = "cpu (llama.cpp" + (", GPU offload)" if llama_cpp.llama_supports_gpu_offload() else ")")
+        self.device = ("cpu (llama.cpp" + (", GPU offload" if llama_cpp.llama_supports_gpu_offload() else "")
+                       + f"; weight repacking {extra_buffers()[1]})")
 
     # -- model --------------------------------------------------------------------------
     def load(self, model_ref) -> ModelInfo:
