@@ -273,6 +273,15 @@ def _summarize(rng):
     return f"{lead}{art}{tail}"
 
 
+def _summarize_short(rng):
+    """An explicit request to summarize a text of only one or two sentences: the instruction, not
+    the length, says summarize (a short text alone reads as a sentence to reword)."""
+    art = _article(rng, rng.randint(1, 2))
+    lead = rng.choice(["Summarize: ", "Summarize this: ", "Summarize this article: ", "Summarise: ", "TL;DR: ",
+                       "Give me a one-line summary: ", "Sum up: ", "Summary please: ", "Briefly summarize: "])
+    return f"{lead}{art}"
+
+
 # -- paraphrase ---------------------------------------------------------------------------------
 def _encyclopedic(rng):
     a, p, q = rng.choice(NAMES), rng.choice(PLACES), rng.choice(PLACES)
@@ -388,7 +397,7 @@ def _chat(rng):
 GENERATORS = {
     "math": [(_gsm8k, 4), (_mathqa, 2), (_math_short, 3), (_math_word_nokey, 2)],
     "code": [(_code, 1)],
-    "summarize": [(_summarize, 1)],
+    "summarize": [(_summarize, 3), (_summarize_short, 1)],
     "paraphrase": [(_paraphrase, 1)],
     "none": [(_chat, 1)],
 }
