@@ -30,7 +30,7 @@ def tiny_model_for(kind: str, root: Path) -> Path:
     from app.tiny_gguf import write_tiny_gguf
 
     # Quantized, as users' models are: the quantized kernels are the ones that differ per CPU
-    # (llama.cpp's AMX path crashes on some Xeons, see llamacpp_engine.extra_buffers).
+    # (llama.cpp's AMX path crashes on some Xeons, see llamacpp_setup.extra_buffers).
     return write_tiny_gguf(model, root / "model.gguf", qtype="Q8_0")
 
 

@@ -119,7 +119,7 @@ def test_a_repeated_prompt_reuses_its_prefix_under_the_same_adapter(tiny_ggufs, 
 def test_a_quantized_gguf_answers_on_any_cpu(tiny_models, tiny_ggufs, tmp_path):
     """On an AMX CPU, llama.cpp's AMX weight buffer segfaults on the first Q8_0/Q4_K answer
     (llama.cpp #20824; every run on this project's Xeon VM): the engine must not use it there."""
-    from app.engine.llamacpp_engine import amx_cpu, extra_buffers
+    from app.engine.llamacpp_setup import amx_cpu, extra_buffers
     from app.tiny_gguf import write_tiny_gguf
 
     on, why = extra_buffers()
@@ -136,7 +136,7 @@ def test_a_quantized_gguf_answers_on_any_cpu(tiny_models, tiny_ggufs, tmp_path):
 
 
 def test_weight_repacking_can_be_forced_either_way(monkeypatch):
-    from app.engine.llamacpp_engine import extra_buffers, model_params
+    from app.engine.llamacpp_setup import extra_buffers, model_params
 
     monkeypatch.setenv("LORADESK_LLAMACPP_REPACK", "0")
     assert extra_buffers()[0] is False and model_params().use_extra_bufts is False

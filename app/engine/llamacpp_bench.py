@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.engine.base import decode_tps
-from app.engine.llamacpp_engine import BATCH, extra_buffers
+from app.engine.llamacpp_setup import BATCH, extra_buffers
 
 
 def _raw_decode_tps(llm, tokens: list[int], max_tokens: int) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import logging
 import os
 import time
 from pathlib import Path
@@ -25,93 +24,10 @@ from app import paths
 from app.engine.adapter_format import LoraWeights, check_base_model
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.gguf_lora import cached_gguf_lora, lora_dtype
+from app.engine.llamacpp_setup import (BATCH, DEFAULT_CTX, context_params, default_threads, extra_buffers,
+                                       init_backend, last_errors, meta, model_params, why)
 from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
-
-log = logging.getLogger(__name__)
-_native_log = logging.getLogger("llama.cpp")
-_last_errors: list[str] = []  # llama.cpp's recent error lines, quoted when one of its calls fails
-
-
-@llama_cpp.llama_log_callback
-def _on_native_log(level: int, text: bytes, _user):
-    """llama.cpp's messages go to the log file, not the terminal (they are many, and its errors
-    come back as failed calls, which we explain); errors are kept to quote in that explanation."""
-    line = text.decode("utf-8", "replace").rstrip()
-    if level == 3 and line:  # GGML_LOG_LEVEL_ERROR
-        _last_errors[:] = (_last_errors + [line])[-3:]
-    _native_log.debug(line)
-
-
-llama_cpp.llama_log_set(_on_native_log, ctypes.c_void_p(0))
-
-
-def _why() -> str:
-    """The last error llama.cpp logged, as a clause for our messages ('' when it said nothing)."""
-    said = "; ".join(_last_errors)
-    _last_errors.clear()
-    return f" (llama.cpp: {said})" if said else ""
-
-DEFAULT_CTX = 8192  # tokens of KV cache (capped by the model's training context)
-BATCH = 512  # tokens per llama_decode call while reading a prompt: cancel is checked between them
-_backend_ready = False
-
-
-def _threads() -> int:
-    env = os.environ.get("LORADESK_THREADS")
-    return int(env) if env else max(1, os.cpu_count() or 1)
-
-
-def context_params(n_ctx: int, threads: int):
-    """The context settings the engine uses; `llamacpp_bench` gives the raw reference the same."""
-    p = llama_cpp.llama_context_default_params()
-    p.n_ctx = n_ctx
-    p.n_batch = p.n_ubatch = min(BATCH, n_ctx)
-    p.n_threads = p.n_threads_batch = threads
-    p.no_perf = True
-    if not llama_cpp.llama_supports_gpu_offload():
-        # On the CPU, flash attention is slower (0.5B Q4_K_M, 2 cores): a 2,800-token prompt read at
-        # 46 tok/s with it and 148-158 without; 200-token decode 25.2 -> 25.4-26.2 tok/s. It is also
-        # llama-cpp-python's `Llama` default, the speed reference.
-        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    return p
-
-
-def amx_cpu() -> bool:
-    """Whether this llama.cpp build would put the weights in its AMX buffer (Sapphire Rapids and
-    later Xeons, and cloud VMs on them)."""
-    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
-
-
-def extra_buffers() -> tuple[bool, str]:
-    """(use llama.cpp's extra weight buffers, why). Those hold weights repacked for AMX or for
-    AVX2/AVX-512 kernels. ggml's AMX matmul segfaults on the first answer with Q4_K_M models on
-    some of these CPUs (llama.cpp #20824, open; it crashed every run on this project's Xeon VM, and
-    llama.cpp's own `Llama` with it), so on an AMX CPU they are off: plain CPU kernels, a little
-    slower, never a crash. LORADESK_LLAMACPP_REPACK=1 turns them on again, =0 off everywhere."""
-    env = os.environ.get("LORADESK_LLAMACPP_REPACK")
-    if env in ("0", "1"):
-        return env == "1", f"LORADESK_LLAMACPP_REPACK={env}"
-    if amx_cpu():
-        return False, "off: this CPU has AMX, whose llama.cpp kernels crash (llama.cpp #20824)"
-    return True, "on"
-
-
-def model_params():
-    p = llama_cpp.llama_model_default_params()
-    p.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    p.use_extra_bufts = extra_buffers()[0]
-    # Weights read into memory rather than mmap'ed: with rank-16 adapters on the 0.5B Q4_K_M model,
-    # 200-token decode ran 41.4 tok/s mmap'ed and 44.2-45.9 read in (llama-cpp-python's Llama, which
-    # never mmaps with a LoRA, 46.0). The weights are resident either way while the model answers.
-    p.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
-    return p
-
-
-def _meta(model, key: str) -> str | None:
-    buf = ctypes.create_string_buffer(4096)
-    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
-    return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
 
 class _ChatTemplate:
@@ -155,12 +71,9 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, n_ctx: int | None = None, threads: int | None = None):
         super().__init__()
-        global _backend_ready
-        if not _backend_ready:
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
+        init_backend()
         self.n_ctx_wanted = n_ctx or int(os.environ.get("LORADESK_CTX", DEFAULT_CTX))
-        self.threads = threads or _threads()
+        self.threads = threads or default_threads()
         self.model = None  # llama_model_p
         self.ctx = None  # llama_context_p
         self.vocab = None
@@ -186,10 +99,10 @@ class LlamaCppEngine(Engine):
             return self._load(str(model_ref), path)
 
     def _load(self, ref: str, path: Path) -> ModelInfo:
-        _last_errors.clear()
+        last_errors.clear()
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params())
         if not model:
-            raise EngineError(f"llama.cpp could not load {path}{_why()}: it is not a complete GGUF model of an "
+            raise EngineError(f"llama.cpp could not load {path}{why()}: it is not a complete GGUF model of an "
                               "architecture llama.cpp knows; download it again, or check the file")
         n_ctx = min(self.n_ctx_wanted, llama_cpp.llama_model_n_ctx_train(model) or self.n_ctx_wanted)
         ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads))
@@ -199,24 +112,24 @@ class LlamaCppEngine(Engine):
                               "set LORADESK_CTX to a smaller number of tokens")
         self.model, self.ctx = model, ctx
         self.vocab = llama_cpp.llama_model_get_vocab(model)
-        arch = _meta(model, "general.architecture") or "?"
+        arch = meta(model, "general.architecture") or "?"
         n_embd, n_head = llama_cpp.llama_model_n_embd(model), llama_cpp.llama_model_n_head(model)
         fp = {
             "model_type": arch,
             "hidden_size": n_embd,
             "num_hidden_layers": llama_cpp.llama_model_n_layer(model),
-            "intermediate_size": int(_meta(model, f"{arch}.feed_forward_length") or 0),
+            "intermediate_size": int(meta(model, f"{arch}.feed_forward_length") or 0),
             "num_attention_heads": n_head,
             "num_key_value_heads": llama_cpp.llama_model_n_head_kv(model),
             "vocab_size": llama_cpp.llama_vocab_n_tokens(self.vocab),
         }
-        head_dim = int(_meta(model, f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
+        head_dim = int(meta(model, f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
         from app.tiny import linear_shapes_from_config
 
         self._shapes = linear_shapes_from_config({**fp, "head_dim": head_dim})
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(model, desc, len(desc))
-        self.template = _ChatTemplate(_meta(model, "tokenizer.chat_template"), self._special_text("bos"),
+        self.template = _ChatTemplate(meta(model, "tokenizer.chat_template"), self._special_text("bos"),
                                       self._special_text("eos"))
         self.model_info = ModelInfo(
             ref=ref, path=path, model_type=arch,
@@ -224,8 +137,8 @@ class LlamaCppEngine(Engine):
             quantization=f"GGUF {desc.value.decode(errors='replace').split(' ', 2)[-1]}",
             bytes=path.stat().st_size,
         )
-        self.name = _meta(model, "general.name")
-        file_type = _meta(model, "general.file_type")
+        self.name = meta(model, "general.name")
+        file_type = meta(model, "general.file_type")
         self._lora_dtype = lora_dtype(int(file_type) if file_type and file_type.isdigit() else None)
         self.adapters.clear()
         self.active = None
@@ -299,10 +212,10 @@ class LlamaCppEngine(Engine):
         return info
 
     def _add(self, name: str, folder: Path, weights: LoraWeights, gguf_file: Path) -> AdapterInfo:
-        _last_errors.clear()
+        last_errors.clear()
         adapter = llama_cpp.llama_adapter_lora_init(self.model, str(gguf_file).encode())
         if not adapter:
-            raise AdapterError(f"llama.cpp could not load adapter {name!r} ({gguf_file}){_why()}; it does not fit "
+            raise AdapterError(f"llama.cpp could not load adapter {name!r} ({gguf_file}){why()}; it does not fit "
                                f"the loaded model ({self.model_info.ref})")
         old = self._lora.get(name)
         self._lora[name] = (adapter, gguf_file)

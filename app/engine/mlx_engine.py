@@ -7,7 +7,6 @@ re-quantized. All MLX work runs on the MLX thread (see mlx_thread.py).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from app.engine import mlx_thread
 from app.engine.adapter_format import LoraWeights, fingerprint_of
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.tasks import GenerationSettings
 
