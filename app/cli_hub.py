@@ -96,7 +96,7 @@ def cmd_get(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from app.hub_adapters import push
+    from app.hub_push import push
 
     r = push(args.task, args.repo, private=args.private, base=args.base, bench_results=args.bench_results)
     print(f"pushed the {args.task} adapter to {r.url} ({'private' if r.private else 'public'}), commit {r.commit}: "

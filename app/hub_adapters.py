@@ -1,5 +1,5 @@
 """Task adapters on the Hugging Face Hub: search for ones that fit the loaded model, get one into
-the store, push one of ours. The CLI (`loradesk adapters search|get|push`) and the app's "Find on
+the store (pushing one of ours is hub_push.py). The CLI (`loradesk adapters search|get|push`) and the app's "Find on
 the Hub…" dialog call these functions (the app from worker threads); no Qt here.
 
 Fit is decided before anything large is downloaded: the Hub's `base_model:adapter:<base repo>` tag
@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -38,7 +37,6 @@ from app.tasks import get_task
 ADAPTER_FILES = ("adapter_config.json", PEFT_WEIGHTS, MLX_WEIGHTS)
 MAX_CANDIDATES = 40  # adapters examined per search (each costs three small requests)
 SEARCH_THREADS = 8
-PUSH_TAG = "loradesk"
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -98,14 +96,14 @@ def base_config(model_ref: str | None, repo: str) -> dict | None:
 
 
 # -- network edge ----------------------------------------------------------------------------------------
-def _check_online(what: str) -> None:
+def check_online(what: str) -> None:
     from huggingface_hub import constants
 
     if os.environ.get("HF_HUB_OFFLINE") == "1" or constants.HF_HUB_OFFLINE:
         raise HubUnavailable(f"{what} needs the network, and HF_HUB_OFFLINE=1 is set; unset it and try again")
 
 
-def _network_error(what: str, e: Exception) -> EngineError:
+def network_error(what: str, e: Exception) -> EngineError:
     """One clear line for whatever huggingface-hub or httpx raised."""
     from huggingface_hub.errors import (
         GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
@@ -257,21 +255,21 @@ def search(task: str, model_ref: str | None = None, query: str | None = None, ba
 
     get_task(task)
     what = "adapters search"
-    _check_online(what)
+    check_online(what)
     repo = base_repo(model_ref, base)
     try:
         # The base repo first, with one plain request: the listing below retries a dead connection
         # for ~20 s (huggingface-hub's backoff), and a base that is not on the Hub has no adapters.
         HfApi().model_info(repo)
     except Exception as e:  # noqa: BLE001 - becomes one line
-        raise _network_error(f"{what} (base model {repo})", e) from None
+        raise network_error(f"{what} (base model {repo})", e) from None
     try:
         config = base_config(model_ref, repo)
         shapes = linear_shapes(config) if config else None
         found = list(HfApi().list_models(filter=f"base_model:adapter:{repo}", search=query or None,
                                          sort="downloads", full=True, cardData=True, limit=MAX_CANDIDATES))
     except Exception as e:  # noqa: BLE001 - becomes one line
-        raise _network_error(what, e) from None
+        raise network_error(what, e) from None
     fits, skipped = [], []
     # A few requests per candidate, each mostly waiting on the network: examined side by side.
     with ThreadPoolExecutor(max_workers=SEARCH_THREADS) as pool:
@@ -298,7 +296,7 @@ def _examine_safely(info, task: str, base: str, shapes) -> tuple[HubAdapter | No
     try:
         return _examine(info, task, base, shapes)
     except Exception as e:  # noqa: BLE001 - one unreadable candidate never ends the search
-        err = _network_error(info.id, e)
+        err = network_error(info.id, e)
         if isinstance(err, HubUnavailable) and "cannot reach" in str(err):
             raise err from None
         return None, f"unreadable ({err})"
@@ -391,12 +389,12 @@ def get(spec: str, task: str, model_ref: str | None = None, base: str | None = N
     repo, revision = parse_spec(spec)
     name = check_name(name or default_name(repo))
     what = f"adapters get {repo}"
-    _check_online(what)
+    check_online(what)
     base_id = base_repo(model_ref, base)
     try:
         info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     except Exception as e:  # noqa: BLE001
-        raise _network_error(what + (f"@{revision}" if revision else ""), e) from None
+        raise network_error(what + (f"@{revision}" if revision else ""), e) from None
     names = {s.rfilename: s for s in info.siblings or []}
     if not any(n in names for n in (PEFT_WEIGHTS, MLX_WEIGHTS)):
         pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
@@ -464,142 +462,3 @@ def _register(stage: Path, names: dict, repo: str, sha: str, revision, info, tas
         warnings.append(f"{repo} does not record its base model; it is tagged for {base_id} and its shapes fit")
     entry = store.add(task, stage, name=name, source=f"hf:{repo}@{sha}", move=True, force=force)
     return files, warnings, entry
-
-
-# -- push ---------------------------------------------------------------------------------------------------
-@dataclass
-class PushResult:
-    repo: str
-    url: str
-    commit: str
-    files: list[str]
-    private: bool
-
-
-def _bench_rows(task: str, results_file: Path) -> tuple[list[dict], dict]:
-    """The benchmark runs of `task`'s evals in a bench-out results.json, and its settings."""
-    from app.bench.evals import EVALS
-
-    try:
-        results = json.loads(Path(results_file).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the benchmark results {results_file}: {e}") from None
-    evals = {n for n, ev in EVALS.items() if ev.task == task}
-    return [r for r in results.get("runs", []) if r.get("task") in evals], results.get("meta", {})
-
-
-def model_card(task: str, repo: str, base: str, meta: dict, bench: tuple[list[dict], dict] | None = None) -> str:
-    """README.md for a pushed adapter: YAML metadata (base_model, library_name, tags search finds)
-    and what loradesk.json says about its training."""
-    t = get_task(task)
-    data = meta.get("datasets") or {}
-    dataset_ids = [d for d in data if "/" in d] if isinstance(data, dict) else []
-    dataset_ids = dataset_ids or [d.id for d in t.datasets]
-    short = [d.rsplit("/", 1)[-1].lower() for d in dataset_ids]
-    tags = list(dict.fromkeys([f"base_model:adapter:{base}", "lora", "peft", PUSH_TAG, task, *short]))
-    head = {"base_model": base, "library_name": "peft", "pipeline_tag": "text-generation",
-            "datasets": dataset_ids, "tags": tags}
-    lines = ["---", *(_yaml(k, v) for k, v in head.items()), "---", "",
-             f"# {repo.rsplit('/', 1)[-1]}: a LoRA adapter for {t.label.lower()} on {base}", "",
-             f"A LoRA adapter for LoRA Desk's **{t.label}** task ({t.metric}), made for [{base}]"
-             f"(https://huggingface.co/{base}).", "", "## Use it", "", "```sh",
-             f"loradesk adapters get {repo} --task {task}", "```", "", "```python",
-             "from peft import PeftModel", "from transformers import AutoModelForCausalLM", "",
-             f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "{repo}")', "```", ""]
-    train = meta.get("training") or {}
-    if train or data:
-        lines += ["## Training", ""]
-        ex = meta.get("examples") or {}
-        for sid, s in (data.items() if isinstance(data, dict) else []):
-            n = s.get("train") if isinstance(s, dict) else None
-            lines.append(f"- data: {sid}" + (f" ({n} training examples)" if n is not None else ""))
-        if ex:
-            lines.append(f"- examples: {ex.get('train')} train, {ex.get('valid')} validation, {ex.get('test')} test")
-        keys = ("rank", "alpha", "dropout", "target_modules", "learning_rate", "lr_schedule", "batch_size",
-                "max_seq_length", "seed")
-        shown = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in train.items()}
-        settings = "; ".join(f"{k} {shown[k]}" for k in keys if train.get(k) is not None)
-        if settings:
-            lines.append(f"- settings: {settings}")
-        facts = [f"{meta['steps']} steps" if meta.get("steps") else "",
-                 f"engine {meta['engine']}" if meta.get("engine") else "",
-                 f"final train loss {meta['final_train_loss']:.3f}" if meta.get("final_train_loss") else "",
-                 f"validation loss {meta['final_valid_loss']:.3f}" if meta.get("final_valid_loss") else "",
-                 f"{meta['tokens_per_s']:.0f} tokens/s" if meta.get("tokens_per_s") else ""]
-        if any(facts):
-            lines.append("- run: " + ", ".join(f for f in facts if f))
-        lines.append("")
-    if bench and bench[0]:
-        runs, bmeta = bench
-        lines += ["## Benchmark", "",
-                  f"LoRA Desk's quality benchmark (limit {bmeta.get('limit')}, seed {bmeta.get('seed')}, engine "
-                  f"{bmeta.get('engine', '?')}):", "", "| eval | configuration | model | items | score |",
-                  "|---|---|---|---|---|"]
-        for r in runs:
-            score = (r.get("metrics") or {}).get(r.get("primary"))
-            shown = f"{r.get('primary')} {score:.3f}" if isinstance(score, (int, float)) else "-"
-            model = str(r.get("model") or "")
-            model = base if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists() else model
-            lines.append(f"| {r.get('task')} | {r.get('config')} | {model} | {r.get('n')} | {shown} |")
-        lines.append("")
-    lines += ["Made with LoRA Desk (`loradesk adapters push`).", ""]
-    return "\n".join(lines)
-
-
-def _yaml(key: str, value) -> str:
-    if isinstance(value, list):
-        return f"{key}:\n" + "\n".join(f"- {json.dumps(v)}" for v in value) if value else f"{key}: []"
-    return f"{key}: {json.dumps(value)}"
-
-
-def _public_metadata(meta: dict, base: str) -> dict:
-    """loradesk.json as published: local paths (model folders, data files) left out."""
-    out = {k: v for k, v in meta.items() if k not in ("base_model_path",)}
-    out["base_model"] = base
-    if isinstance(out.get("training"), dict):
-        tr = dict(out["training"])
-        tr["model"] = base
-        tr["data"] = [Path(str(d).split("=")[-1]).name for d in tr.get("data") or []]
-        out["training"] = tr
-    if isinstance(out.get("datasets"), dict):  # per source: its local files (training's report) by name only
-        out["datasets"] = {k: ({**v, "files": [Path(str(f)).name for f in v["files"]]}
-                               if isinstance(v, dict) and isinstance(v.get("files"), list) else v)
-                           for k, v in out["datasets"].items()}
-    return out
-
-
-def push(task: str, repo: str, private: bool = True, base: str | None = None,
-         bench_results: str | Path | None = None) -> PushResult:
-    """Upload `task`'s adapter in use to `repo` in PEFT format, with a model card."""
-    from huggingface_hub import HfApi, get_token
-
-    from app.engine import store
-
-    get_task(task)
-    parse_spec(repo)
-    what = f"adapters push {repo}"
-    _check_online(what)
-    folder = store.adapter_folder(task)
-    if folder is None:
-        raise AdapterError(f"task {task!r} has no adapter to push; train one (loradesk train --task {task}) or get one")
-    weights = read_adapter(folder)
-    base_id = base_repo(weights.base_model, base)
-    bench = _bench_rows(task, Path(bench_results)) if bench_results else None
-    if get_token() is None:
-        raise HubUnavailable(f"{what} needs a Hugging Face token with write access: run `hf auth login` or set "
-                             "HF_TOKEN")
-    with tempfile.TemporaryDirectory(prefix="loradesk-push-") as tmp:
-        out = Path(tmp) / "adapter"
-        store.export(task, out, "peft", base_model=base_id)
-        meta = _public_metadata(weights.metadata, base_id)
-        (out / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        (out / "README.md").write_text(model_card(task, repo, base_id, meta, bench), encoding="utf-8")
-        files = sorted(p.name for p in out.iterdir())
-        try:
-            api = HfApi()
-            url = api.create_repo(repo, private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=repo, folder_path=str(out),
-                                       commit_message=f"LoRA Desk {task} adapter for {base_id}")
-        except Exception as e:  # noqa: BLE001
-            raise _network_error(what, e) from None
-    return PushResult(repo, str(url), commit.oid, files, private)
