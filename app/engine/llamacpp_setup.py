@@ -4,6 +4,7 @@ model and context parameters. The engine (llamacpp_engine.py) and the speed refe
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 
@@ -66,6 +67,7 @@ def context_params(n_ctx: int, threads: int):
     return p
 
 
+@functools.cache
 def amx_cpu() -> bool:
     """Whether this llama.cpp build would put the weights in its AMX buffer (Sapphire Rapids and
     later Xeons, and cloud VMs on them)."""
@@ -76,8 +78,8 @@ def extra_buffers() -> tuple[bool, str]:
     """(use llama.cpp's extra weight buffers, why). Those hold weights repacked for AMX or for
     AVX2/AVX-512 kernels. ggml's AMX matmul segfaults on the first answer with Q4_K_M models on
     some of these CPUs (llama.cpp #20824, open; it crashed every run on this project's Xeon VM, and
-    llama.cpp's own `Llama` with it), so on an AMX CPU they are off: plain CPU kernels, a little
-    slower, never a crash. LORADESK_LLAMACPP_REPACK=1 turns them on again, =0 off everywhere."""
+    llama.cpp's own `Llama` with it), so on an AMX CPU they are off: the plain CPU kernels, which
+    never crashed there. LORADESK_LLAMACPP_REPACK=1 turns them on again, =0 off everywhere."""
     env = os.environ.get("LORADESK_LLAMACPP_REPACK")
     if env in ("0", "1"):
         return env == "1", f"LORADESK_LLAMACPP_REPACK={env}"
