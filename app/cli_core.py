@@ -207,9 +207,17 @@ def cmd_info(args) -> int:
             versions.append(f"{pkg} -")
     print("versions: " + ", ".join(versions))
     if not args.no_load:
+        from app.engine.base import EngineError
         from app.session import open_session
 
-        s = open_session(args.model, args.engine, warn=False)
+        try:
+            s = open_session(args.model, args.engine, warn=False)
+        except EngineError as e:
+            # A first run offline, or before any model is downloaded: say what is missing, not fail.
+            print(f"loaded:   nothing: {e}")
+            print("missing:  a model; pick one in the app's Models panel, or pass --model with a local folder "
+                  "or .gguf file (loradesk models list shows the supported ones)")
+            return 0
         info = s.engine.model_info
         print(f"device:   {getattr(s.engine, 'device', 'cpu' if kind == 'torch' else 'mlx default')}")
         print(f"loaded:   {info.path} ({info.model_type}, {info.quantization or 'unquantized'}, {_size(info.bytes)})")
@@ -221,7 +229,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models
+    from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models, shipped_tasks
 
     from app.session import choose_engine
 
@@ -230,8 +238,9 @@ def cmd_models_list(args) -> int:
     for i, m in enumerate(SUPPORTED):
         here = (local_repo_folder(m.repo_for(kind)) / ".complete").exists()
         mark = "*" if i == DEFAULT_INDEX else " "
-        print(f"{mark} {m.label:24} {kind}: {m.repo_for(kind):45} original: {m.torch_repo:36}"
-              + (" [downloaded]" if here else ""))
+        shipped = shipped_tasks(m)
+        print(f"{mark} {m.label:28} {kind}: {m.repo_for(kind):45} original: {m.torch_repo:36}"
+              + (f" [adapters shipped: {', '.join(shipped)}]" if shipped else "") + (" [downloaded]" if here else ""))
     for name, folder in registered_models().items():
         print(f"  {name:24} local: {folder}")
     return 0

@@ -64,6 +64,16 @@ def model_card(task: str, repo: str, base: str, meta: dict, bench: tuple[list[di
             lines.append(f"- data: {sid}" + (f" ({n} training examples)" if n is not None else ""))
         if ex:
             lines.append(f"- examples: {ex.get('train')} train, {ex.get('valid')} validation, {ex.get('test')} test")
+        recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+        if recipe:
+            seen = recipe.get("rows_seen") or {}
+            lines.append(f"- recipe `loradesk recipe {recipe.get('name')}`: {recipe.get('source')}; trained on "
+                         f"{recipe.get('train')}, held out {recipe.get('heldout')} (never trained on); rows seen: "
+                         f"train {seen.get('train') or '-'}, validation {seen.get('valid') or '-'}")
+        elif meta.get("rows_seen"):
+            for part, files in meta["rows_seen"].items():
+                for origin, spec in files.items():
+                    lines.append(f"- {part} rows of {Path(origin).name}: {spec}")
         keys = ("rank", "alpha", "dropout", "target_modules", "learning_rate", "lr_schedule", "batch_size",
                 "max_seq_length", "seed")
         shown = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in train.items()}

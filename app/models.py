@@ -48,6 +48,9 @@ SUPPORTED = (
                 "bartowski/Llama-3.2-3B-Instruct-GGUF"),
     ModelChoice("Gemma 2 2B Instruct", "mlx-community/gemma-2-2b-it-4bit", "google/gemma-2-2b-it", 2.61, 1.49,
                 "bartowski/gemma-2-2b-it-GGUF"),
+    # The small choice: the shipped math adapter was trained on it (adapters/math.toml, [[adapter.shipped]]).
+    ModelChoice("Qwen2.5 Coder 0.5B Instruct", "mlx-community/Qwen2.5-Coder-0.5B-Instruct-4bit",
+                "Qwen/Qwen2.5-Coder-0.5B-Instruct", 0.49, 0.49, "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF"),
 )
 DEFAULT_INDEX = 1  # Qwen2.5-1.5B-Instruct
 
@@ -55,6 +58,14 @@ DEFAULT_INDEX = 1  # Qwen2.5-1.5B-Instruct
 MISTRAL_7B = ModelChoice("Mistral 7B Instruct v0.3", "mlx-community/Mistral-7B-Instruct-v0.3-4bit",
                          "mistralai/Mistral-7B-Instruct-v0.3", 7.25, 4.08,
                          "bartowski/Mistral-7B-Instruct-v0.3-GGUF")
+
+
+def shipped_tasks(choice: ModelChoice) -> list[str]:
+    """The tasks that have an adapter shipped with the app for this model."""
+    from app.tasks import load_tasks
+
+    return [t.name for t in load_tasks().values()
+            if any(s.base == choice.torch_repo for s, _ in t.shipped_folders())]
 
 
 def default_model(engine: str) -> str:

@@ -42,6 +42,15 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True)
+class ShippedAdapter:
+    """An adapter that comes with the app for one base model (`[[adapter.shipped]]`): registered for
+    its task whenever that model is loaded and the user has no adapter of their own for the task."""
+
+    base: str  # the hub repo id of the base model it was trained on
+    path: str  # folder, relative to the record
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One source dataset of a task: hub id (or local path), config, splits and field mapping."""
 
@@ -83,6 +92,12 @@ class Task:
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     record_path: Path | None = None
     hub_keywords: tuple[str, ...] = ()  # words that mark a Hub adapter as made for this task ([hub] keywords)
+    shipped: tuple[ShippedAdapter, ...] = ()
+
+    def shipped_folders(self) -> list[tuple[ShippedAdapter, Path]]:
+        """The shipped adapters that are present (a source checkout or an installed package)."""
+        root = self.record_path.parent if self.record_path is not None else Path(".")
+        return [(s, root / s.path) for s in self.shipped if (root / s.path).is_dir()]
 
     def option_choices(self, option: str) -> list[str]:
         return list(self.options.get(option, {}))
@@ -136,6 +151,7 @@ def parse_record(data: dict, path: Path | None = None) -> Task:
             options={k: dict(v) for k, v in data.get("options", {}).items()},
             record_path=path,
             hub_keywords=tuple(str(k).lower() for k in data.get("hub", {}).get("keywords", ())),
+            shipped=tuple(ShippedAdapter(**d) for d in data.get("adapter", {}).get("shipped", [])),
         )
     except KeyError as e:
         raise ValueError(f"task record {where}: missing field {e.args[0]!r}") from None

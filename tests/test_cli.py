@@ -64,3 +64,13 @@ def test_ask_cuts_a_long_input_and_says_so(tiny_qwen, tmp_path, capsys):
         assert "tokens too long for the model's context; its end was cut" in err, err
         prompt = int(err.split("prompt ")[1].split(" tok")[0])
         assert prompt + 8 <= 256
+
+
+def test_info_on_a_first_run_offline_reports_what_is_missing(capsys):
+    """No model downloaded and no hub: info still answers (exit 0) and says what is missing."""
+    from app.cli import main
+
+    assert main(["info", "--engine", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded:   nothing:" in out and "missing:  a model" in out
+    assert "Qwen/Qwen2.5-1.5B-Instruct" in out  # which model it would have loaded

@@ -22,7 +22,7 @@ from app.engine.base import EngineError
 from training.callbacks import Callback, Progress
 from training.checkpoints import RunDir, TrainingCancelled, new_run, resumable_runs
 from training.config import TrainConfig
-from training.data import Prepared, TokenCounter, check_paths, prepare
+from training.data import Prepared, TokenCounter, check_paths, prepare, rows_seen
 
 __all__ = ["train", "resume", "TrainingCancelled", "TrainConfig", "make_trainer"]
 
@@ -195,6 +195,7 @@ def _export(config, engine, ref, model_path, trainer, prepared, run, total, prog
         "datasets": prepared.report["sources"], "examples": {"train": len(prepared.train),
                                                              "valid": len(prepared.valid), "test": len(prepared.test)},
         "eval_items": prepared.report.get("eval_items"), "data_fingerprint": prepared.fingerprint(),
+        "rows_seen": rows_seen(prepared),
         "steps": total, **summary, "peak_memory_gb": summary["peak_memory_gb"] or trainer.peak_memory_gb(),
         "wall_seconds": round(wall, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -25,6 +25,7 @@ from pathlib import Path
 WINDOW = 10
 VALID = 0.1  # of 64 rows: 6 validation examples, more than a batch (mlx-lm needs one full batch)
 TARGET = 0.95
+TORCH_TARGET = 1.5  # the product's torch trainer against a plain transformers + PEFT loop
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _RAW_LINE = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+[▼▲]\s+([\d,]+)\s+([\d.]+)k\s*$")
 
@@ -41,6 +42,10 @@ def register(sub, common):
     b.add_argument("--rank", type=int, default=8)
     b.add_argument("--repeats", type=int, default=2, help="alternating raw/ours rounds (default 2)")
     b.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    b.add_argument("--engine", choices=("mlx", "torch"), default="mlx",
+                   help="mlx: against raw `mlx_lm lora`; torch: against a plain transformers + PEFT loop")
+    b.add_argument("--data", help="torch: a GSM8K-schema jsonl file or folder to train on (default: synthetic rows)")
+    b.add_argument("--max-seq-length", type=int, default=512)
     b.set_defaults(func=cmd_bench_train)
 
 
@@ -150,9 +155,59 @@ def run_ours(model: Path, data: Path, home: Path, a) -> tuple[float, float, floa
     return window_means(points), loop_tps, wall, statistics.fmean(last)
 
 
+def cmd_bench_train_torch(args) -> int:
+    """The product's torch trainer vs a plain transformers + PEFT loop (training/torch_bench.py)."""
+    from app.tasks import get_task
+    from training.config import TrainConfig
+    from training.data import TokenCounter, prepare
+
+    if args.repeats < 1 or args.iters < args.repeats * 3:
+        raise ValueError("--iters must be at least 3 per round (--repeats)")
+    with tempfile.TemporaryDirectory(prefix="loradesk-bench-train-") as tmp:
+        root = Path(tmp)
+        model = Path(args.model) if args.model else None
+        if model is None:
+            from app.tiny import build_tiny_model
+
+            model = build_tiny_model(root / "model-hf", "qwen2", seed=1, hidden=args.hidden, layers=args.layers)
+        data = args.data
+        if data is None:
+            data = root / "gsm8k"
+            data.mkdir()
+            (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic_gsm8k(256)))
+        config = TrainConfig.for_task("math", engine="torch", model=str(model), data=(str(data),),
+                                      max_seq_length=args.max_seq_length, batch_size=args.batch_size,
+                                      rank=args.rank, alpha=2.0 * args.rank, test_fraction=0.0, register=False)
+        from training import torch_bench  # torch: loaded only for this engine
+
+        prepared = prepare(config, TokenCounter(tokenizer_json=model / "tokenizer.json"))
+        task = get_task("math")
+        say = (lambda m: None) if args.json else (lambda m: print(m, flush=True))  # noqa: E731
+        result = torch_bench.compare(config, model, [e.messages(task) for e in prepared.train],
+                                     [e.messages(task) for e in prepared.valid[:4 * args.batch_size]],
+                                     args.iters, args.repeats, say)
+        result["model"] = str(args.model or f"random qwen2 hidden {args.hidden} x {args.layers} layers")
+        result["target"] = TORCH_TARGET
+        if args.json:
+            print(json.dumps(result, indent=2))
+            return 0
+        p, o = result["plain"], result["loradesk"]
+        print(f"plain transformers+PEFT loop: {p['tokens_per_s']:.1f} tok/s ({p['loss_tokens']} loss tokens in "
+              f"{p['padded_tokens']} padded), loss {p['first_loss']:.3f} -> {p['last10_loss']:.3f} (last 10), "
+              f"valid {p['valid_loss']:.3f}")
+        print(f"loradesk train loop:          {o['tokens_per_s']:.1f} tok/s ({o['loss_tokens']} loss tokens in "
+              f"{o['padded_tokens']} padded), loss {o['first_loss']:.3f} -> {o['last10_loss']:.3f} (last 10), "
+              f"valid {o['valid_loss']:.3f}")
+        print(f"training tokens/s, loradesk / plain: {result['ratio']:.2f} (target >= {TORCH_TARGET}) "
+              f"{'OK' if result['ratio'] >= TORCH_TARGET else 'BELOW TARGET'}")
+    return 0
+
+
 def cmd_bench_train(args) -> int:
     from training.config import TrainConfig
 
+    if args.engine == "torch":
+        return cmd_bench_train_torch(args)
     with tempfile.TemporaryDirectory(prefix="loradesk-bench-train-") as tmp:
         root = Path(tmp)
         model = Path(args.model) if args.model else build_model(root, args.hidden, args.layers, not args.no_quantize)

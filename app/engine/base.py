@@ -137,6 +137,13 @@ class Engine(ABC):
         fp = {k: v for k, v in info.fingerprint.items() if k not in self._unchecked_facts}
         check_against_model(weights, self.linear_shapes(), fp, where, f"the loaded model ({info.ref})")
 
+    def base_matches(self, weights) -> bool:
+        """Whether the loaded model is positively the base the adapter records (weights or name)."""
+        try:
+            return self._check_base(weights, "", False) is None
+        except AdapterError:
+            return False
+
     def _check_base(self, weights, where: str, force: bool) -> str | None:
         from app.engine.adapter_format import check_base_model
 

@@ -142,6 +142,24 @@ def adapter_folder(task: str) -> Path | None:
     return None
 
 
+def shipped_for(task: str, engine: Engine) -> Path | None:
+    """The adapter shipped with the app for `task` and the engine's loaded model, if any. Only a
+    positive identification counts (same weights or same base model name): a model of the same
+    architecture but other weights (Qwen2.5-0.5B-Instruct beside the Coder) gets none."""
+    for shipped, folder in get_task(task).shipped_folders():
+        try:
+            if engine.base_matches(read_adapter(folder)):
+                return folder
+        except AdapterError:
+            continue  # a damaged shipped folder: the task runs on the base model, as without one
+    return None
+
+
+def shipped_rows(task: str) -> list[tuple[str, Path]]:
+    """(base model, folder) of each adapter shipped for `task`."""
+    return [(s.base, folder) for s, folder in get_task(task).shipped_folders()]
+
+
 def default_name(folder: Path) -> str | None:
     """An adapter's name when none is given: its folder's real name (`.` is the current folder's),
     else the task run name recorded in its metadata."""
@@ -260,6 +278,8 @@ def load_task_adapters(engine: Engine, tasks: list[str] | None = None, force: bo
         except EngineError as e:
             problems[task] = str(e)
             continue
+        if folder is None:
+            folder = shipped_for(task, engine)
         if folder is None:
             problems[task] = f"no adapter for {task!r} yet (train one: loradesk train --task {task})"
             continue

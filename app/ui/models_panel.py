@@ -136,7 +136,7 @@ class ModelsPanel(QWidget):
             self.engine_combo.setCurrentIndex(i)
 
     def _fill_models(self) -> None:
-        from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models
+        from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models, shipped_tasks
 
         kind = self.kind()
         self.model_combo.clear()
@@ -145,6 +145,8 @@ class ModelsPanel(QWidget):
             here = (local_repo_folder(repo) / ".complete").exists()
             size = m.size_label(kind)
             label = f"{m.label}{' (default)' if i == DEFAULT_INDEX else ''} — {repo} · {size}"
+            shipped = shipped_tasks(m)
+            label += f" · adapters included: {', '.join(shipped)}" if shipped else ""
             self.model_combo.addItem(label + (" · downloaded" if here else ""), repo)
         for name, folder in registered_models().items():
             self.model_combo.addItem(f"{name} — {folder}", name)
