@@ -137,8 +137,8 @@ def adapter_rows() -> list[dict]:
         except EngineError as e:
             folder, row["source"] = None, str(e)
         if folder is None:
-            row["source"] = row["source"] or f"none (loradesk train --task {task})"
-            rows.append(row)
+            rows += shipped_adapter_rows(task) or [{**row, "source": row["source"] or
+                                                    f"none (loradesk train --task {task})"}]
             continue
         stored = current(task)
         try:
@@ -149,6 +149,27 @@ def adapter_rows() -> list[dict]:
                        metadata=w.metadata)
         except EngineError as e:
             row.update(name=folder.name, source=f"unusable: {e}")
+        rows.append(row)
+    return rows
+
+
+def shipped_adapter_rows(task: str) -> list[dict]:
+    """Rows for the adapters shipped with the app for `task` (used when its base model is loaded and
+    the user has no adapter of their own for the task)."""
+    from app.engine.adapter_format import read_adapter
+    from app.engine.base import EngineError
+    from app.engine.store import shipped_rows
+
+    rows = []
+    for base, folder in shipped_rows(task):
+        row = {"task": task, "name": folder.name, "base_model": base, "rank": "", "format": "",
+               "size": _size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
+               "source": f"shipped with LoRA Desk (used when {base} is loaded)"}
+        try:
+            w = read_adapter(folder)
+            row.update(rank=w.rank, format=w.format, metadata=w.metadata)
+        except EngineError as e:
+            row["source"] = f"shipped, unusable: {e}"
         rows.append(row)
     return rows
 

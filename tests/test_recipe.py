@@ -96,7 +96,8 @@ def test_the_recipe_trains_records_rows_and_reports(tiny_qwen, tmp_path, package
     """The whole loop on a tiny model: split, train (torch), evaluate base and adapter, report."""
     monkeypatch.setattr(recipe, "packaged_gsm8k", lambda: package_file)
     cfg = recipe.RecipeConfig(out=tmp_path / "run", model=str(tiny_qwen), engines=("torch",), limit=3,
-                              train={"iters": 2, "batch_size": 2, "rank": 4, "max_seq_length": 256})
+                              train={"iters": 2, "batch_size": 2, "rank": 4, "max_seq_length": 256},
+                              ship_to=tmp_path / "shipped" / "math-tiny", ship_base="tiny/qwen2")
     said = []
     summary = recipe.run_recipe(cfg, said.append)
     adapter = tmp_path / "run"
@@ -113,6 +114,12 @@ def test_the_recipe_trains_records_rows_and_reports(tiny_qwen, tmp_path, package
     assert row["paired"]["n"] == 3
     report = (adapter / "report.md").read_text()
     assert "| torch | adapter | 3 |" in report and "McNemar" in report
+    # the shipped copy names the base by repo id, keeps the weights hash, and reads back
+    from app.engine.adapter_format import read_adapter
+
+    shipped = read_adapter(tmp_path / "shipped" / "math-tiny")
+    assert shipped.base_model == "tiny/qwen2" and shipped.metadata["base_weights_sample_sha256"]
+    assert str(tiny_qwen) not in (tmp_path / "shipped" / "math-tiny" / "adapter_config.json").read_text()
     # a rerun of the same folder resumes: nothing is evaluated twice
     lines = (adapter / "bench-torch" / "results.jsonl").read_text().splitlines()
     cfg2 = recipe.RecipeConfig(out=tmp_path / "run", model=str(tiny_qwen), engines=("torch",), limit=3,
@@ -159,3 +166,19 @@ def test_shipped_adapter_serves_its_base_model_only(tiny_qwen, tiny_adapters, tm
     eng3.load(str(tiny_qwen))
     store.load_task_adapters(eng3, ["math"])
     assert eng3.adapters["math"].path.name == "mine"
+
+
+def test_a_folder_made_from_a_gguf_or_mlx_copy_is_named_by_its_config(tmp_path):
+    """transformers keeps a GGUF's general.name as `_model_name_or_path` (mlx-lm's convert keeps it
+    too): such a folder is identified as its hub model; a path in `_name_or_path` names nothing."""
+    from app.engine.adapter_format import base_model_key, config_name
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_model_name_or_path": "Qwen2.5 Coder 0.5B Instruct AWQ"}))
+    assert base_model_key(config_name(folder)) == base_model_key("Qwen/Qwen2.5-Coder-0.5B-Instruct")
+    assert base_model_key(config_name(folder)) != base_model_key("Qwen/Qwen2.5-0.5B-Instruct")
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "/home/me/models/x"}))
+    assert config_name(folder) is None
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}))
+    assert config_name(folder) == "Qwen/Qwen2.5-Coder-0.5B-Instruct"

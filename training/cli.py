@@ -78,6 +78,11 @@ def register(sub, common):
     r.add_argument("--eval-engines", default="llamacpp,torch", help="comma-separated engines to evaluate on")
     r.add_argument("--limit", type=int, help="evaluate the first N held-out items only (default: all)")
     r.add_argument("--adapter", help="evaluate this adapter folder instead of training one")
+    r.add_argument("--resume", action="store_true", help="continue the interrupted training (Ctrl-C leaves a "
+                   "checkpoint); --iters moves its end")
+    r.add_argument("--ship", metavar="DIR", help="also copy the trained adapter to DIR as the app ships it "
+                   "(adapters/shipped/...), its base model named by --ship-base")
+    r.add_argument("--ship-base", default="Qwen/Qwen2.5-Coder-0.5B-Instruct", help="the base model's hub repo id")
     for flag, kind in (("--iters", int), ("--epochs", float), ("--rank", int), ("--alpha", float),
                        ("--learning-rate", float), ("--batch-size", int), ("--max-seq-length", int),
                        ("--num-layers", int), ("--threads", int), ("--warmup-steps", int)):
@@ -207,7 +212,9 @@ def cmd_recipe(args) -> int:
         overrides["iters"] = None
     cfg = RecipeConfig(out=Path(args.out), model=args.model, gguf=args.gguf, source=args.source,
                        engines=tuple(e for e in args.eval_engines.split(",") if e), limit=args.limit,
-                       adapter=Path(args.adapter) if args.adapter else None, train=overrides)
+                       adapter=Path(args.adapter) if args.adapter else None, train=overrides,
+                       ship_to=Path(args.ship) if args.ship else None, ship_base=args.ship_base,
+                       resume=args.resume)
     cancel = threading.Event()
 
     def progress(p):
@@ -215,7 +222,14 @@ def cmd_recipe(args) -> int:
             score = "-" if p.score is None else f"{100 * p.score:.1f} %"
             print(f"  {p.task} {p.config}: {p.done}/{p.total} ({score})", flush=True)
 
-    summary = run_interruptible(lambda: run_recipe(cfg, lambda m: print(m, flush=True), progress, cancel), cancel)
+    from training.checkpoints import TrainingCancelled
+
+    try:
+        summary = run_interruptible(lambda: run_recipe(cfg, lambda m: print(m, flush=True), progress, cancel), cancel)
+    except TrainingCancelled as e:
+        print(f"loradesk: training stopped at step {e.step}/{e.total}; continue with the same command and "
+              f"--resume (--iters N moves its end)", file=sys.stderr)
+        return 130
     print((cfg.out / "report.md").read_text())
     return 130 if cancel.is_set() else (0 if summary else 1)
 

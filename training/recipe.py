@@ -95,6 +95,9 @@ class RecipeConfig:
     engines: tuple[str, ...] = ("llamacpp", "torch")
     limit: int | None = None
     adapter: Path | None = None
+    resume: bool = False  # continue the last interrupted training (--iters moves its end)
+    ship_to: Path | None = None  # also copy the trained adapter here as the app ships it
+    ship_base: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     train: dict = field(default_factory=dict)  # TrainConfig overrides (iters, rank, learning_rate, ...)
 
 
@@ -111,7 +114,10 @@ def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
             say(r.message or f"step {r.step}/{r.total} {r.phase} loss {r.loss if r.phase == 'train' else r.val_loss:.3f} "
                              f"{r.tokens_per_s or 0:.0f} tok/s, ETA {(r.eta_s or 0) / 60:.0f} min")
 
-    folder = api.train(config, report, cancel)
+    if cfg.resume:  # continue the interrupted run (its data must be the same split)
+        folder = api.resume("math", callback=report, cancel=cancel, iters=cfg.train.get("iters"))
+    else:
+        folder = api.train(config, report, cancel)
     meta_file = folder / METADATA_FILE
     meta = json.loads(meta_file.read_text())
     meta["recipe"] = {"name": "math-gsm8k", **{k: v for k, v in split.items() if k != "folder"},
@@ -194,6 +200,26 @@ def report_markdown(summary: dict, split: dict, adapter: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ship(adapter: Path, dest: Path, base: str) -> Path:
+    """Copy a trained adapter to `dest` as the app ships it: the base model named by its hub repo id
+    (the local training folder's path means nothing elsewhere; its weights hash stays)."""
+    import shutil
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(adapter, dest)
+    cfg_file = dest / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = base
+    cfg_file.write_text(json.dumps(cfg, indent=2))
+    meta = json.loads((dest / METADATA_FILE).read_text())
+    meta.update(base_model=base, shipped=True)
+    meta.pop("base_model_path", None)
+    meta["training"].pop("model", None)
+    (dest / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+    return dest
+
+
 def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=None,
                cancel: threading.Event | None = None) -> dict:
     """The whole loop; every step writes under `cfg.out`, so a rerun with the same folder resumes
@@ -207,6 +233,8 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
     if adapter is None:
         adapter = _train(cfg, split, say, cancel)
         say(f"trained: {adapter}")
+        if cfg.ship_to is not None:
+            say(f"shipped as {ship(adapter, cfg.ship_to, cfg.ship_base)} (base {cfg.ship_base})")
     else:
         from app.engine import store
 
