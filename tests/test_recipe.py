@@ -182,3 +182,23 @@ def test_a_folder_made_from_a_gguf_or_mlx_copy_is_named_by_its_config(tmp_path):
     assert config_name(folder) is None
     (folder / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}))
     assert config_name(folder) == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+
+
+def test_the_shipped_math_adapter_is_listed_and_offered_with_its_model(capsys):
+    """The repository's own shipped adapter: a readable PEFT folder made for Qwen2.5-Coder-0.5B, shown
+    by `adapters list` and `models list` (nothing is loaded)."""
+    from app.cli import main
+    from app.engine.adapter_format import read_adapter
+    from app.tasks import get_task
+
+    [(shipped, folder)] = get_task("math").shipped_folders()
+    w = read_adapter(folder)
+    assert w.format == "peft" and w.base_model == shipped.base == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    meta = w.metadata
+    assert meta["recipe"]["heldout"] == "rows 1000-1318" and meta["recipe"]["rows_seen"]["train"]
+    assert main(["adapters", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "shipped with LoRA Desk (used when Qwen/Qwen2.5-Coder-0.5B-Instruct is loaded)" in out
+    assert main(["models", "list", "--engine", "llamacpp"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "Coder 0.5B" in x)
+    assert "adapters shipped: math" in line and "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF" in line
