@@ -105,6 +105,7 @@ def test_the_recipe_trains_records_rows_and_reports(tiny_qwen, tmp_path, package
     seen = meta["recipe"]["rows_seen"]
     trained = parse_ranges(seen["train"]) + parse_ranges(seen["valid"])
     assert trained and max(trained) < 1000  # never a held-out row
+    assert len(parse_ranges(seen["train"])) == 4  # 2 steps x batch 2: the rows its batches held
     assert meta["recipe"]["heldout"] == "rows 1000-1318"
     # decontamination compared against exactly the 319 held-out items
     assert meta["eval_items"]["checked"]["openai/gsm8k:test"] == 319

@@ -195,7 +195,7 @@ def _export(config, engine, ref, model_path, trainer, prepared, run, total, prog
         "datasets": prepared.report["sources"], "examples": {"train": len(prepared.train),
                                                              "valid": len(prepared.valid), "test": len(prepared.test)},
         "eval_items": prepared.report.get("eval_items"), "data_fingerprint": prepared.fingerprint(),
-        "rows_seen": rows_seen(prepared),
+        "rows_seen": rows_seen(prepared, getattr(trainer, "trained", None)),
         "steps": total, **summary, "peak_memory_gb": summary["peak_memory_gb"] or trainer.peak_memory_gb(),
         "wall_seconds": round(wall, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -266,10 +266,12 @@ def parse_ranges(text: str) -> list[int]:
 _WHERE = re.compile(r"^(.*) row (\d+)$")
 
 
-def rows_seen(prepared: Prepared) -> dict[str, dict[str, str]]:
-    """{"train"|"valid": {file or hub split: row ranges (1-based, as messages name them)}}."""
+def rows_seen(prepared: Prepared, trained: list[int] | None = None) -> dict[str, dict[str, str]]:
+    """{"train"|"valid": {file or hub split: row ranges (1-based, as messages name them)}}; `trained`
+    (indices into prepared.train) narrows "train" to the examples the run's batches held."""
     out: dict[str, dict[str, str]] = {}
-    for part, examples in (("train", prepared.train), ("valid", prepared.valid)):
+    train = prepared.train if trained is None else [prepared.train[i] for i in trained]
+    for part, examples in (("train", train), ("valid", prepared.valid)):
         rows: dict[str, list[int]] = {}
         for e in examples:
             m = _WHERE.match(e.where)

@@ -184,7 +184,11 @@ class TorchTrainer:
             self._load_checkpoint(start.path, opt)
             first = start.step
         self.model.train()
-        order = batches(len(train_items), c.batch_size, c.seed, first, [len(ids) for ids, _ in train_items])
+        lengths = [len(ids) for ids, _ in train_items]
+        order = batches(len(train_items), c.batch_size, c.seed, first, lengths)
+        # the examples the run's batches hold, resumed or not (loradesk.json records their rows)
+        every = batches(len(train_items), c.batch_size, c.seed, 0, lengths)
+        self.trained = sorted({i for _, b in zip(range(total), every) for i in b})
         window_loss, window_steps, window_tokens, window_secs = 0.0, 0, 0, 0.0
         for step in range(first, total):
             if valid_items and (step == first or (step + 1) % c.eval_every == 0 or step + 1 == total):
