@@ -22,6 +22,8 @@ def register(sub, common):
     p.add_argument("--stats", action="store_true", help="print speed and memory to stderr")
     p.add_argument("--force", action="store_true",
                    help="use the task's adapter even if it was made for another base model")
+    p.add_argument("--chat", metavar="NAME",
+                   help="continue (or start) the stored conversation NAME; its task is remembered (loradesk chats)")
     p.add_argument("text", help="the input; - reads stdin")
     p.set_defaults(func=cmd_ask)
 
@@ -85,25 +87,35 @@ def cmd_ask(args) -> int:
     from app.session import open_session
 
     text = _read_text(args.text)
+    chat = None
+    if args.chat:
+        from app.cli_chats import ChatTurn
+
+        chat = ChatTurn.open(args)  # fills in --task from the conversation
     plan = ask_plan(args, text, parse_options(args.option))  # task, auto or mix; validated before loading
-    messages = plan.messages
+    messages = chat.messages(plan.messages) if chat else plan.messages
     settings = plan.settings.replace(max_tokens=args.max_tokens, temperature=args.temperature)
     if plan.note:
         print(plan.note, file=sys.stderr)
     session = open_session(args.model, args.engine, tasks=plan.tasks, with_adapters=bool(plan.tasks), force=args.force)
     engine = session.engine
     engine.activate(plan.selection(engine))
+    if chat:
+        messages = chat.fit(engine, messages, settings.max_tokens)
     cancel = threading.Event()
-    last = None
+    last, answer = None, []
     try:
         for chunk in engine.stream_generate(messages, settings, cancel):
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
             last = chunk
+            answer.append(chunk.text)
     except KeyboardInterrupt:
         cancel.set()
         raise
     sys.stdout.write("\n")
+    if chat:
+        chat.save(text, plan, engine, settings, "".join(answer), last)
     if last is not None and last.truncated_tokens:
         print(f"note: the input was {last.truncated_tokens} tokens too long for the model's context; its end was "
               "cut (the start is kept)", file=sys.stderr)
