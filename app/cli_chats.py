@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from app.chats import Chat, ChatStore, Message, folder_hash, open_store
-from app.conversation import chat_name, drop_old_turns, dropped_note, history, to_json, to_markdown, with_history
+from app.conversation import (
+    chat_name, drop_old_turns, dropped_note, history, settings_record, to_json, to_markdown, with_history,
+)
 
 
 def register(sub, common):
@@ -78,15 +80,9 @@ class ChatTurn:
         folder = engine.adapters[active].path if active in engine.adapters else None
         question = Message("user", text, prompt=plan.messages[-1]["content"], task=plan.task)
         reply = Message("assistant", answer, task=plan.task, adapter=active, adapter_hash=folder_hash(folder),
-                        model=str(engine.model_info.ref), settings=_settings(settings),
+                        model=str(engine.model_info.ref), settings=settings_record(settings),
                         tps=last.generation_tps if last else 0.0, finish=last.finish_reason if last else None)
         self.store.add_turn(self.chat.id, question, [reply])
-
-
-def _settings(settings) -> dict:
-    out = asdict(settings)
-    out["stop"] = list(out.get("stop", ()))
-    return out
 
 
 def _when(t: float) -> str:

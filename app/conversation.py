@@ -70,6 +70,15 @@ def drop_old_turns(engine, messages: list[dict], max_tokens: int) -> tuple[list[
     return messages[:head] + messages[head + 2 * lo:], lo
 
 
+def settings_record(settings) -> dict:
+    """GenerationSettings as stored with an answer (JSON)."""
+    from dataclasses import asdict
+
+    out = asdict(settings)
+    out["stop"] = list(out.get("stop", ()))
+    return out
+
+
 def dropped_note(turns: int) -> str:
     return f"{turns} earlier turn{'s' if turns != 1 else ''} left out to fit the context" if turns else ""
 
