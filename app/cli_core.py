@@ -134,45 +134,55 @@ def _size(n: int) -> str:
         n /= 1024
 
 
-def adapter_rows() -> list[dict]:
-    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app."""
+def adapter_rows(every: bool = False) -> list[dict]:
+    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app.
+    With `every`, also a row for each other stored adapter of the task; `active` marks the one in use."""
     from app.engine.adapter_format import read_adapter
     from app.engine.base import EngineError
-    from app.engine.store import adapter_folder, current
+    from app.engine.store import adapter_folder, current, list_adapters
     from app.tasks import task_names
+
+    def facts(row: dict, folder, source: str) -> dict:
+        try:
+            w = read_adapter(folder)
+            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
+                       size=_size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
+                       source=source, metadata=w.metadata)
+        except EngineError as e:
+            row.update(name=folder.name, source=f"unusable: {e}")
+        return row
 
     rows = []
     for task in task_names():
-        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": ""}
+        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": "",
+               "active": False}
         try:
             folder = adapter_folder(task)
         except EngineError as e:
             folder, row["source"] = None, str(e)
         if folder is None:
             row["source"] = row["source"] or f"none (loradesk train --task {task})"
-            rows.append(row)
-            continue
-        stored = current(task)
-        try:
-            w = read_adapter(folder)
-            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
-                       size=_size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
-                       source=stored.source if stored and stored.path == folder else str(folder),
-                       metadata=w.metadata)
-        except EngineError as e:
-            row.update(name=folder.name, source=f"unusable: {e}")
+        else:
+            stored = current(task)
+            row["active"] = True
+            facts(row, folder, stored.source if stored and stored.path == folder else str(folder))
         rows.append(row)
+        if every:
+            for a in list_adapters(task):
+                if a.path != folder and a.path.exists():
+                    rows.append(facts({"task": task, "active": False}, a.path, a.source))
     return rows
 
 
 def cmd_adapters_list(args) -> int:
-    rows = adapter_rows()
-    head = ("task", "adapter", "format", "rank", "size", "base model", "source")
-    table = [head] + [(r["task"], r["name"] or "-", r["format"], str(r["rank"]), r["size"],
-                       r["base_model"], r["source"]) for r in rows]
+    rows = adapter_rows(every=True)
+    head = ("", "task", "adapter", "format", "rank", "size", "base model", "source")
+    table = [head] + [("*" if r["active"] else "", r["task"], r["name"] or "-", r["format"], str(r["rank"]),
+                       r["size"], r["base_model"], r["source"]) for r in rows]
     widths = [max(len(str(row[i])) for row in table[:]) for i in range(len(head) - 1)]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print("* the adapter in use for its task (the one added last; adding one again makes it the one in use)")
     return 0
 
 

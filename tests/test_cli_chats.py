@@ -138,3 +138,15 @@ def test_chats_bench_prints_its_figures(capsys):
     assert main(["chats", "bench", "--messages", "200"]) == 0
     out = capsys.readouterr().out
     assert "conversation of 200 messages" in out and "open (" in out and "search (" in out
+
+
+def test_adapters_list_shows_every_stored_adapter_and_marks_the_active(tiny_adapters, capsys):
+    folders = tiny_adapters["qwen2"]
+    assert main(["adapters", "add", "code", str(folders["code"]), "--name", "c1"]) == 0
+    assert main(["adapters", "add", "code", str(folders["math"]), "--name", "c2"]) == 0
+    capsys.readouterr()
+    assert main(["adapters", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    code = [line.split() for line in lines if " code " in f" {line} "]
+    assert [(row[0], row[2]) if row[0] == "*" else ("", row[1]) for row in code] == [("*", "c2"), ("", "c1")]
+    assert any(line.split()[:2] == ["math", "-"] for line in lines)  # a task with none: one row, no mark
