@@ -59,7 +59,10 @@ class ChatTurn:
             if args.task not in (None, "auto", chat.task):
                 raise ValueError(f"conversation {chat.name!r} is a {chat.task} conversation; leave out --task "
                                  f"(it is remembered) or start another with a new --chat NAME")
-            args.task = None if getattr(args, "mix", None) and args.task is None else chat.task
+            from app.tasks import task_names
+
+            # With --mix too the prompt stays the conversation's task's; Auto's general chat routes again.
+            args.task = chat.task if chat.task in task_names() else "auto"
         earlier = history(store.messages(chat.id)) if chat else []
         return cls(store, args.chat, chat, earlier)
 
@@ -100,10 +103,11 @@ def cmd_list(args) -> int:
     if not chats:
         print("no conversations yet (loradesk ask --chat NAME ..., or the app's tabs)")
         return 0
-    width = min(40, max(len(c.name) for c in chats))
+    cut = lambda name: name if len(name) <= 40 else name[:39] + "…"  # noqa: E731 - `show` prints it whole
+    width = max(len(cut(c.name)) for c in chats)
     print(f"{'name':{width}}  {'task':10}  turns  last")
     for c in chats:
-        print(f"{c.name:{width}}  {c.task:10}  {c.turns:5}  {_when(c.updated)}")
+        print(f"{cut(c.name):{width}}  {c.task:10}  {c.turns:5}  {_when(c.updated)}")
     return 0
 
 

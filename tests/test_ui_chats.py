@@ -238,6 +238,8 @@ def test_markdown_answers_render_with_highlighted_code(qtbot):
     colours = {r.format.foreground().color().name() for r in code.layout().formats()}
     assert "#7c3aed" in colours  # `def`, in the keyword colour
     assert not blocks[0].layout().formats()  # prose is not coloured as code
+    view.show_markdown("«24*1=24» so 3*4 is 12, and *this* is emphasis")  # products keep their *
+    assert view.toPlainText() == "«24*1=24» so 3*4 is 12, and this is emphasis"
     # Streaming: many updates, one render per RENDER_MS; the last text always shows.
     for i in range(200):
         view.stream_markdown(f"**{i}**")

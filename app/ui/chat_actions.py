@@ -66,7 +66,8 @@ def start_compare(tab, runs) -> None:
         tab.show_message(str(e))
         return
     tab.worker = tab.compare.worker
-    tab.adapter_used, tab.finish_reason = None, None
+    tab.adapter_used = "A and B side by side (below)"
+    tab.last_chunk, tab.finish_reason, tab.turns_dropped = None, None, 0
     tab._started = time.perf_counter()
     tab.set_running(True)
     tab.update_status()
@@ -102,7 +103,7 @@ def show_last_turn(tab) -> None:
     answers = [m for m in last if m.role == "assistant"]
     tab.editing = False
     tab.input.setPlainText(question)
-    tab.texts = [answers[0].content] if answers and not answers[0].pane else ([] if not answers else [answers[0].content])
+    tab.texts = [answers[0].content] if answers else []
     tab.last_chunk, tab.finish_reason, tab.turns_dropped = None, None, 0
     tab.adapter_used = answers[0].adapter if answers else None
     tab.render()

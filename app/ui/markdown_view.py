@@ -7,6 +7,8 @@ conversation is never re-parsed per token.
 """
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QTextFormat
 from PySide6.QtWidgets import QTextBrowser
@@ -14,6 +16,17 @@ from PySide6.QtWidgets import QTextBrowser
 from app.ui.highlight import PythonHighlighter
 
 RENDER_MS = 50  # at most 20 parses a second: smooth to the eye, cheap for a long answer
+
+
+_FENCED = re.compile(r"(```.*?(?:```|\Z))", re.S)
+_TIMES = re.compile(r"(?<=[\w)\]»])\*(?=[\w(\[«])")  # 24*1, (a+b)*c: a product, not emphasis
+
+
+def protect_math(text: str) -> str:
+    """Escape the `*` of products outside code blocks: math answers write «24*1=24», which Markdown
+    would read as the start of italics and swallow."""
+    parts = _FENCED.split(text)
+    return "".join(p if i % 2 else _TIMES.sub(r"\\*", p) for i, p in enumerate(parts))
 
 
 class CodeBlockHighlighter(PythonHighlighter):
@@ -62,5 +75,5 @@ class MarkdownView(QTextBrowser):
         at_end = bar.value() >= bar.maximum() - 4
         keep = bar.value()
         self.markdown_text = text
-        self.setMarkdown(text)
+        self.setMarkdown(protect_math(text))
         bar.setValue(bar.maximum() if at_end else keep)

@@ -1,4 +1,5 @@
-"""One tab per task: input, Generate / Stop / Copy, the streamed answer and a status line.
+"""One tab per task: input, Generate / Stop / Copy, the streamed answer and a status line; beside
+it the tab's conversations (app/ui/chat_session.py), whose earlier turns every question carries.
 
 The tab reads everything about its task from the task record (label, example, options,
 generation settings) and asks the EngineHost for answers; it never touches the engine itself.
