@@ -82,7 +82,7 @@ _MSG_COLS = ("role", "content", "prompt", "pane", "task", "adapter", "adapter_ha
 
 def _message(row) -> Message:
     m = Message(*row)
-    m.settings = json.loads(m.settings) if m.settings else {}
+    m.settings = json.loads(m.settings) if m.settings and m.settings != "{}" else {}
     return m
 
 

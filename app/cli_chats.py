@@ -142,7 +142,8 @@ def cmd_delete(args) -> int:
     store = _store()
     chat = store.find(args.name)
     store.delete(chat.id)
-    print(json.dumps({"deleted": chat.name}) if args.json else f"deleted conversation {chat.name!r} ({chat.turns} turns)")
+    said = f"deleted conversation {chat.name!r} ({chat.turns} turns)"
+    print(json.dumps({"deleted": chat.name}) if args.json else said)
     return 0
 
 
@@ -185,11 +186,40 @@ def cmd_bench(args) -> int:
                 t = time.perf_counter()
                 store.search(query)
                 searches.append(time.perf_counter() - t)
+        app_opens = _time_app_open(store, chat.id)
         n = len(store.messages(chat.id))
         size = path.stat().st_size + Path(str(path) + "-wal").stat().st_size
         store.close()
     ms = lambda xs: f"best {min(xs) * 1000:.1f} ms, median {statistics.median(xs) * 1000:.1f} ms"  # noqa: E731
-    print(f"conversation of {n} messages ({size / 1e6:.1f} MB on disk; written in {build:.1f} s, one transaction a turn)")
+    print(f"conversation of {n} messages ({size / 1e6:.1f} MB on disk; written in {build:.1f} s, "
+          "one transaction a turn)")
     print(f"open (connect, read every message, build the context): {ms(opens)}")
     print(f"search (FTS5, 4 queries x 7):                          {ms(searches)}")
+    if app_opens:
+        print(f"open in a tab (read, sidebar, last 50 turns drawn):   {ms(app_opens)}")
+    return 0
+
+
+def _time_app_open(store: ChatStore, chat_id: int) -> list[float]:
+    """A tab opening the chat (app/ui/chat_session.py), fresh each time; [] without Qt."""
+    import os
+
+    try:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        from PySide6.QtWidgets import QApplication
+
+        from app.ui.chat_session import ChatSession
+    except ImportError:
+        return []
+    app = QApplication.instance() or QApplication([])  # noqa: F841 - widgets need one
+    out = []
+    for i in range(8):
+        session = ChatSession("summarize", store)
+        t = time.perf_counter()
+        session.open(chat_id)
+        if i:  # the first one also sets up Qt's fonts and text layout, once per process
+            out.append(time.perf_counter() - t)
+        session.transcript.deleteLater()
+        session.panel.deleteLater()
+    return out
     return 0

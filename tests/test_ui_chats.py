@@ -245,3 +245,16 @@ def test_markdown_answers_render_with_highlighted_code(qtbot):
         view.stream_markdown(f"**{i}**")
     assert view.markdown_text != "**199**"
     qtbot.waitUntil(lambda: view.toPlainText() == "199", timeout=WAIT_MS)
+
+
+def test_the_transcript_draws_the_last_turns_and_says_how_many_are_not_shown():
+    from app.ui.chat_session import TRANSCRIPT_TURNS, transcript_markdown
+
+    msgs = []
+    for t in range(1, TRANSCRIPT_TURNS + 11):
+        msgs += [Message("user", f"q{t}", turn=t), Message("assistant", f"a{t}", turn=t, adapter="math", tps=2.0)]
+    md = transcript_markdown(msgs)
+    assert md.startswith("*10 earlier turns are not shown here")
+    assert "q10\n" not in md and "q11\n" in md and md.endswith(f"a{TRANSCRIPT_TURNS + 10}")
+    assert "**math · 2.0 tok/s**" in md
+    assert "not shown" not in transcript_markdown(msgs[:4])

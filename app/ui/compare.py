@@ -198,7 +198,8 @@ class ComparePanel(QWidget):
             info = engine.adapters.get(name) if engine and isinstance(name, str) else None
             answers.append(Message("assistant", p.text, pane=p.number, task=self.tab.task.name, adapter=name,
                                    adapter_hash=folder_hash(info.path) if info else None, model=model,
-                                   settings=settings_record(self.tab._question[2]), tps=p.last.generation_tps if p.last else 0.0,
+                                   settings=settings_record(self.tab._question[2]),
+                                   tps=p.last.generation_tps if p.last else 0.0,
                                    finish=p.last.finish_reason if p.last else None, created=time.time()))
         self.tab.session.record(self.question, self.prompt, answers)
 
