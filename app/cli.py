@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "app.cli_core",      # ask, adapters, info, models
     "app.cli_route",     # route, adapters export-mix (after cli_core: joins its adapters group)
+    "app.cli_chats",     # chats list / show / export / delete / bench
     "app.bench.cli",     # bench speed / quality
     "training.cli",      # train, data preview
     "app.ui.cli",        # gui

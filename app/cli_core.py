@@ -22,6 +22,8 @@ def register(sub, common):
     p.add_argument("--stats", action="store_true", help="print speed and memory to stderr")
     p.add_argument("--force", action="store_true",
                    help="use the task's adapter even if it was made for another base model")
+    p.add_argument("--chat", metavar="NAME",
+                   help="continue (or start) the stored conversation NAME; its task is remembered (loradesk chats)")
     p.add_argument("text", help="the input; - reads stdin")
     p.set_defaults(func=cmd_ask)
 
@@ -85,25 +87,35 @@ def cmd_ask(args) -> int:
     from app.session import open_session
 
     text = _read_text(args.text)
+    chat = None
+    if args.chat:
+        from app.cli_chats import ChatTurn
+
+        chat = ChatTurn.open(args)  # fills in --task from the conversation
     plan = ask_plan(args, text, parse_options(args.option))  # task, auto or mix; validated before loading
-    messages = plan.messages
+    messages = chat.messages(plan.messages) if chat else plan.messages
     settings = plan.settings.replace(max_tokens=args.max_tokens, temperature=args.temperature)
     if plan.note:
         print(plan.note, file=sys.stderr)
     session = open_session(args.model, args.engine, tasks=plan.tasks, with_adapters=bool(plan.tasks), force=args.force)
     engine = session.engine
     engine.activate(plan.selection(engine))
+    if chat:
+        messages = chat.fit(engine, messages, settings.max_tokens)
     cancel = threading.Event()
-    last = None
+    last, answer = None, []
     try:
         for chunk in engine.stream_generate(messages, settings, cancel):
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
             last = chunk
+            answer.append(chunk.text)
     except KeyboardInterrupt:
         cancel.set()
         raise
     sys.stdout.write("\n")
+    if chat:
+        chat.save(text, plan, engine, settings, "".join(answer), last)
     if last is not None and last.truncated_tokens:
         print(f"note: the input was {last.truncated_tokens} tokens too long for the model's context; its end was "
               "cut (the start is kept)", file=sys.stderr)
@@ -122,66 +134,60 @@ def _size(n: int) -> str:
         n /= 1024
 
 
-def adapter_rows() -> list[dict]:
-    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app."""
+def adapter_rows(every: bool = False) -> list[dict]:
+    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app.
+    With `every`, also a row for each other stored adapter of the task; `active` marks the one in use."""
     from app.engine.adapter_format import read_adapter
     from app.engine.base import EngineError
-    from app.engine.store import adapter_folder, current
+    from app.engine.store import adapter_folder, current, list_adapters, shipped_rows
     from app.tasks import task_names
+
+    def facts(row: dict, folder, source: str) -> dict:
+        try:
+            w = read_adapter(folder)
+            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
+                       size=_size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
+                       source=source, metadata=w.metadata)
+        except EngineError as e:
+            row.update(name=folder.name, source=f"unusable: {e}")
+        return row
 
     rows = []
     for task in task_names():
-        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": ""}
+        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": "",
+               "active": False}
         try:
             folder = adapter_folder(task)
         except EngineError as e:
             folder, row["source"] = None, str(e)
         if folder is None:
-            rows += shipped_adapter_rows(task) or [{**row, "source": row["source"] or
-                                                    f"none (loradesk train --task {task})"}]
-            continue
-        stored = current(task)
-        try:
-            w = read_adapter(folder)
-            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
-                       size=_size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
-                       source=stored.source if stored and stored.path == folder else str(folder),
-                       metadata=w.metadata)
-        except EngineError as e:
-            row.update(name=folder.name, source=f"unusable: {e}")
+            shipped = [facts({**row}, f, f"shipped with LoRA Desk (used when {base} is loaded)")
+                       for base, f in shipped_rows(task)]
+            if shipped:
+                rows += shipped
+                continue
+            row["source"] = row["source"] or f"none (loradesk train --task {task})"
+        else:
+            stored = current(task)
+            row["active"] = True
+            facts(row, folder, stored.source if stored and stored.path == folder else str(folder))
         rows.append(row)
-    return rows
-
-
-def shipped_adapter_rows(task: str) -> list[dict]:
-    """Rows for the adapters shipped with the app for `task` (used when its base model is loaded and
-    the user has no adapter of their own for the task)."""
-    from app.engine.adapter_format import read_adapter
-    from app.engine.base import EngineError
-    from app.engine.store import shipped_rows
-
-    rows = []
-    for base, folder in shipped_rows(task):
-        row = {"task": task, "name": folder.name, "base_model": base, "rank": "", "format": "",
-               "size": _size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
-               "source": f"shipped with LoRA Desk (used when {base} is loaded)"}
-        try:
-            w = read_adapter(folder)
-            row.update(rank=w.rank, format=w.format, metadata=w.metadata)
-        except EngineError as e:
-            row["source"] = f"shipped, unusable: {e}"
-        rows.append(row)
+        if every:
+            for a in list_adapters(task):
+                if a.path != folder and a.path.exists():
+                    rows.append(facts({"task": task, "active": False}, a.path, a.source))
     return rows
 
 
 def cmd_adapters_list(args) -> int:
-    rows = adapter_rows()
-    head = ("task", "adapter", "format", "rank", "size", "base model", "source")
-    table = [head] + [(r["task"], r["name"] or "-", r["format"], str(r["rank"]), r["size"],
-                       r["base_model"], r["source"]) for r in rows]
+    rows = adapter_rows(every=True)
+    head = ("", "task", "adapter", "format", "rank", "size", "base model", "source")
+    table = [head] + [("*" if r["active"] else "", r["task"], r["name"] or "-", r["format"], str(r["rank"]),
+                       r["size"], r["base_model"], r["source"]) for r in rows]
     widths = [max(len(str(row[i])) for row in table[:]) for i in range(len(head) - 1)]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    print("* the adapter in use for its task (the one added last; adding one again makes it the one in use)")
     return 0
 
 

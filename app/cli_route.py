@@ -91,6 +91,7 @@ class AskPlan:
     tasks: list[str]  # adapters to load (named after their tasks)
     mix: dict[str, float] = field(default_factory=dict)  # {} unless --mix
     note: str = ""  # said on stderr (Auto's choice)
+    task: str = ""  # the task whose prompt it is ("" for Auto's general chat)
 
     def selection(self, engine):
         """The argument for engine.activate: the mix, the task's adapter, or None (base model)."""
@@ -130,7 +131,7 @@ def ask_plan(args, text: str, options: dict) -> AskPlan:
             if mix:
                 raise ValueError("Auto chose general chat (no task) for this prompt; give --task with --mix")
             _, messages, settings = plan(r, text)
-            return AskPlan(messages, settings, [], note=note)
+            return AskPlan(messages, settings, [], note=note, task=NONE)
         name = r.task
     if name is None:
         if not mix:
@@ -139,7 +140,7 @@ def ask_plan(args, text: str, options: dict) -> AskPlan:
     task = get_task(name)
     messages = task.messages(text, **options)
     tasks = [] if args.no_adapter else (list(mix) if mix else [task.name])
-    return AskPlan(messages, task.generation, tasks, mix, note)
+    return AskPlan(messages, task.generation, tasks, mix, note, task.name)
 
 
 # -- adapters export-mix --------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def test_adapters_list_and_errors(tiny_adapters, tmp_path, capsys):
     capsys.readouterr()
     assert main(["adapters", "list"]) == 0
     out = capsys.readouterr().out
-    assert "c1" in out and "mlx" in out and "loradesk train --task math" in out
+    assert "c1" in out and "mlx" in out and "loradesk train --task summarize" in out
+    assert "shipped with LoRA Desk" in out  # math: the shipped adapter (no adapter of the user's own)
     assert main(["adapters", "add", "code", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

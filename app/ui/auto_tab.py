@@ -33,6 +33,7 @@ def _label(name: str) -> str:
 
 
 class AutoTab(TaskTab):
+    conversations = False  # one prompt at a time: the router picks a task per prompt
     route = None  # the router's last decision
     override: str | None = None  # a task (or NONE) chosen by a click instead of the router
     choice = None  # what the last answer used: a task, NONE, or a _Mix

@@ -75,6 +75,13 @@ class CodeTab(TaskTab):
         self.highlighter = PythonHighlighter(view.document())
         return view
 
+    def render(self):
+        bar = self.output.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 4
+        self.output.setPlainText(self.answer_text())
+        if at_end:
+            bar.setValue(bar.maximum())
+
     def add_buttons(self, row):
         self.run_btn = QPushButton("Run in sandbox")
         self.run_btn.setToolTip(f"Run the answer's Python code in a separate sandboxed process "

@@ -19,22 +19,44 @@ from app.ui.workers import Worker, serial_pool
 log = logging.getLogger(__name__)
 
 
+KEEP = "keep"  # Run.adapter: answer with the job's adapter
+
+
 @dataclass
 class Run:
-    """One answer to produce: its chat messages and decoding settings."""
+    """One answer to produce: its chat messages and decoding settings; for a comparison pane, its
+    own adapter (a name, a {name: weight} mix or None) and the folder to load it from when it is
+    not resident; for a conversation, whether old turns may be dropped to fit the context."""
 
     messages: list
     settings: object  # app.tasks.GenerationSettings
+    adapter: object = KEEP
+    folder: str | None = None
+    fit_turns: bool = False
 
 
 def generation_job(engine, adapter: str | None, runs: list[Run], cancel: threading.Event):
-    """Activate `adapter`, then stream each run. Yields (run index, Chunk)."""
+    """Activate `adapter`, then stream each run (after activating its own adapter, if it has one).
+    Yields (run index, Chunk), and (run index, TurnsDropped) before a run whose old turns were left out."""
+    from app.conversation import TurnsDropped, drop_old_turns
+
     engine.activate(adapter)
     for i, run in enumerate(runs):
-        for chunk in engine.stream_generate(run.messages, run.settings, cancel):
+        if run.adapter != KEEP:
+            if run.folder and isinstance(run.adapter, str) and run.adapter not in engine.adapters:
+                engine.add_adapter(run.adapter, run.folder)
+            engine.activate(run.adapter)
+        messages = run.messages
+        if run.fit_turns:
+            messages, dropped = drop_old_turns(engine, messages, run.settings.max_tokens)
+            if dropped:
+                yield i, TurnsDropped(dropped)
+        for chunk in engine.stream_generate(messages, run.settings, cancel):
             yield i, chunk
         if cancel.is_set():
             return
+    if any(run.adapter != KEEP for run in runs):
+        engine.activate(adapter)  # the tab's own adapter again
 
 
 # Memory a model needs beyond its weights on disk: the KV cache, activations and the loader's

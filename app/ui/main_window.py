@@ -60,6 +60,7 @@ class MainWindow(QMainWindow):
             tab.adapter_choice_changed.connect(lambda t=tab: self._adapter_choice_changed(t))
             tab.find_adapter_requested.connect(lambda task: self.models_panel.find_on_hub(task))
             tab.train_requested.connect(self._train_requested)
+            tab.session.panel.open_elsewhere.connect(self._open_chat)  # a search hit of another task
             self.task_tabs[task.name] = tab
             self.tabs.addTab(tab, task.label)
 
@@ -182,6 +183,12 @@ class MainWindow(QMainWindow):
         tab.update_status()
         if tab is self.current_task_tab() and not tab.busy:
             self.host.activate(tab.wanted_adapter())
+
+    def _open_chat(self, task: str, chat_id: int) -> None:
+        tab = self.task_tabs.get(task)
+        if tab is not None and tab.session is not None:
+            self.tabs.setCurrentWidget(tab)
+            tab.session.open(chat_id)
 
     def _train_requested(self, task: str) -> None:
         self.train_panel.task_combo.setCurrentIndex(max(0, self.train_panel.task_combo.findData(task)))

@@ -1,4 +1,5 @@
-"""One tab per task: input, Generate / Stop / Copy, the streamed answer and a status line.
+"""One tab per task: input, Generate / Stop / Copy, the streamed answer and a status line; beside
+it the tab's conversations (app/ui/chat_session.py), whose earlier turns every question carries.
 
 The tab reads everything about its task from the task record (label, example, options,
 generation settings) and asks the EngineHost for answers; it never touches the engine itself.
@@ -15,11 +16,12 @@ from PySide6.QtWidgets import (
     QSplitter, QVBoxLayout, QWidget,
 )
 
+from app.conversation import TurnsDropped, dropped_note, with_history
 from app.tasks import Task
 from app.ui.engine_host import EngineHost, Run
 
 log = logging.getLogger(__name__)
-RENDER_MS = 40  # streamed text is redrawn at most this often: fast models send hundreds of pieces/s
+RENDER_MS = 50  # streamed text is redrawn at most this often: fast models send hundreds of pieces/s
 
 
 def fixed_font():
@@ -34,6 +36,7 @@ class TaskTab(QWidget):
     generation_finished = Signal(str)  # finish reason ("stop", "length", "cancelled", "error")
     find_adapter_requested = Signal(str)  # task: the "no adapter yet" offer's Hub link
     train_requested = Signal(str)  # task: the offer's Train link
+    conversations = True  # a history sidebar and follow-ups (app/ui/chat_session.py)
 
     def __init__(self, task: Task, host: EngineHost, parent=None):
         super().__init__(parent)
@@ -45,9 +48,19 @@ class TaskTab(QWidget):
         self.adapter_used: str | None = None
         self.finish_reason: str | None = None
         self._started = 0.0
+        self.turns_dropped = 0
+        self._question = ("", "", None)  # the question being answered: as typed, as sent, its settings
         self._render_timer = QTimer(self, singleShot=True, interval=RENDER_MS, timeout=self.render)
+        self.session = None
+        if self.conversations:
+            from app.ui.chat_session import ChatSession
 
-        layout = QVBoxLayout(self)
+            self.session = ChatSession(task.name, parent=self)
+            self.session.opened.connect(self.show_last_turn)
+
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
         top = QHBoxLayout()
         self.add_options(top)
         top.addStretch(1)
@@ -91,11 +104,13 @@ class TaskTab(QWidget):
         tl.addWidget(self.input)
         tl.addLayout(buttons)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
+        if self.session is not None:
+            self.splitter.addWidget(self.session.transcript)  # the earlier turns, above the latest
         self.splitter.addWidget(top_box)
         self.splitter.addWidget(self.output)
         self.add_panes(self.splitter)
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 5)
+        for i in range(self.splitter.count()):
+            self.splitter.setStretchFactor(i, 5 if self.splitter.widget(i) is not top_box else 2)
         layout.addWidget(self.splitter, 1)
 
         self.message = QLabel()
@@ -116,6 +131,21 @@ class TaskTab(QWidget):
         self.status.setObjectName("status")
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.status)
+        outer = QHBoxLayout(self)
+        if self.session is None:
+            outer.setContentsMargins(0, 0, 0, 0)
+            outer.addWidget(body)
+        else:
+            from app.ui.chat_actions import add_chat_actions
+
+            add_chat_actions(self, buttons)
+            sides = QSplitter(Qt.Orientation.Horizontal)
+            sides.addWidget(self.session.panel)
+            sides.addWidget(body)
+            sides.setStretchFactor(1, 4)
+            sides.setSizes([220, 780])
+            outer.setContentsMargins(0, 0, 0, 0)
+            outer.addWidget(sides)
         self.update_status()
 
     # -- hooks for the task's own tab ------------------------------------------------------------
@@ -129,9 +159,9 @@ class TaskTab(QWidget):
         """Extra panes under the answer."""
 
     def make_output(self) -> QWidget:
-        view = QPlainTextEdit()
-        view.setReadOnly(True)
-        return view
+        from app.ui.markdown_view import MarkdownView
+
+        return MarkdownView()
 
     def options(self) -> dict[str, str]:
         return {}
@@ -143,11 +173,7 @@ class TaskTab(QWidget):
         return "\n\n".join(self.texts)
 
     def render(self) -> None:
-        bar = self.output.verticalScrollBar()
-        at_end = bar.value() >= bar.maximum() - 4
-        self.output.setPlainText(self.answer_text())
-        if at_end:
-            bar.setValue(bar.maximum())
+        self.output.show_markdown(self.answer_text())  # called at most every RENDER_MS while streaming
 
     # -- actions ---------------------------------------------------------------------------------
     @property
@@ -173,8 +199,16 @@ class TaskTab(QWidget):
         except ValueError as e:
             self.show_message(str(e))
             return
+        if self.session is not None:  # a follow-up: the whole conversation is its context
+            from app.ui import chat_actions
+
+            earlier = chat_actions.context(self)
+            runs = [Run(with_history(r.messages, earlier), r.settings, fit_turns=True) for r in runs]
+            self._question = (self.input_text(), runs[0].messages[-1]["content"], runs[0].settings)
+            if self.compare_btn.isChecked():
+                return chat_actions.start_compare(self, runs)
         self.texts = [""] * len(runs)
-        self.last_chunk, self.finish_reason = None, None
+        self.last_chunk, self.finish_reason, self.turns_dropped = None, None, 0
         self.adapter_used = self.wanted_adapter()
         self._started = time.perf_counter()
         self.render()
@@ -197,6 +231,9 @@ class TaskTab(QWidget):
     # -- worker signals ------------------------------------------------------------------------
     def on_chunk(self, item) -> None:
         i, chunk = item
+        if isinstance(chunk, TurnsDropped):
+            self.turns_dropped = chunk.turns
+            return
         self.texts[i] += chunk.text
         self.last_chunk = chunk
         if chunk.finish_reason:
@@ -215,6 +252,10 @@ class TaskTab(QWidget):
         self._render_timer.stop()
         self.render()
         self.set_running(False)
+        if self.session is not None and self.finish_reason != "error" and self.answer_text().strip():
+            from app.ui.chat_actions import record_answer
+
+            record_answer(self)
         self.update_status()
         self.generation_finished.emit(self.finish_reason or "stop")
 
@@ -239,6 +280,8 @@ class TaskTab(QWidget):
                 if problem and problem.startswith("no adapter for"):
                     problem = "none yet: train one in the Train tab or add one under Models & adapters"
                 parts.append(f"adapter: none ({problem})" if problem else "adapter: none")
+        if self.turns_dropped:
+            parts.append(dropped_note(self.turns_dropped))
         c = self.last_chunk
         if c is not None and c.truncated_tokens:  # first after the adapter: a long line is clipped on the right
             parts.append(f"input cut to fit the context (its last {c.truncated_tokens} tokens left out)")
@@ -255,12 +298,21 @@ class TaskTab(QWidget):
                           "cancelled": "stopped", "error": "failed"}.get(self.finish_reason, self.finish_reason))
         self.status.setText("  ·  ".join(parts))
 
+    def show_last_turn(self) -> None:
+        from app.ui.chat_actions import show_last_turn
+
+        show_last_turn(self)
+
     # -- settings ---------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"no_adapter": self.no_adapter.isChecked()}
+        chat = {"chat": self.session.chat_id} if self.session is not None and self.session.chat_id else {}
+        return {"no_adapter": self.no_adapter.isChecked(), **chat}
 
     def restore(self, state: dict) -> None:
         self.no_adapter.setChecked(bool(state.get("no_adapter", False)))
+        if self.session is not None:  # the tab's last conversation (else the newest of its task)
+            if not (state.get("chat") and self.session.open(int(state["chat"]))):
+                self.session.open_last()
 
 
 class SummarizeTab(TaskTab):
