@@ -97,10 +97,13 @@ def test_switching_mixes_never_reuses_another_mix_state(loaded):
     loaded.activate_mix({"math": 0.2, "summarize": 0.8})
     other = loaded.next_token_logits(TEXT)
     loaded.activate_mix(MIX)
-    # llama.cpp keys its KV cache on the pairs: a reused cache of the other mix would be far off (1e-7
-    # is the rounding of a full prefill vs a cached prefix)
-    assert np.allclose(loaded.next_token_logits(TEXT), first, atol=1e-5)
-    assert not np.allclose(first, other, atol=1e-4)
+    # llama.cpp keys its KV cache on the pairs: a reused cache of the other mix would land near `other`.
+    # A full prefill and a cached prefix round differently by CPU kernel (1e-7 on AMX, 2e-4 with AVX2
+    # repacking), so the check is relative to how far apart the two mixes are.
+    again = loaded.next_token_logits(TEXT)
+    apart = np.abs(first - other).max()
+    assert apart > 1e-3
+    assert np.abs(again - first).max() < 0.05 * apart
     loaded.activate(None)
 
 
