@@ -7,12 +7,18 @@ context. The high-level `Llama` object holds one adapter and keys its prompt cac
 so a switch there would reuse KV entries computed under another adapter (llama.cpp server #26207).
 Here the KV cache remembers which adapter set filled it: a prefix is reused only under the same set,
 otherwise the cache is cleared before the prompt is read.
+
+When one adapter set stays active, a merged copy of the matrices it changes is built in the
+background (llamacpp_merge.py) and swapped in before the next answer: no LoRA in the graph. Any
+switch goes back to the base plus resident LoRA before the next decode; a switch to another
+adapter set, or low free memory, drops the copy.
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +27,7 @@ import llama_cpp
 import numpy as np
 
 from app import paths
+from app.engine import llamacpp_merge as merging
 from app.engine.adapter_format import LoraWeights, check_base_model
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.gguf_lora import cached_gguf_lora, lora_dtype
@@ -86,6 +93,17 @@ class LlamaCppEngine(Engine):
         self._shapes: dict[str, tuple[int, int]] = {}
         self._lora_dtype = None  # the GGUF LoRA tensor type for the loaded base
         self._piece = ctypes.create_string_buffer(256)
+        # The merged copy (see the module docstring): None = off; else seconds an adapter set must
+        # stay active before its copy is built.
+        self.merge_after = merge_after()
+        self.merge_min_free = int(float(os.environ.get("LORADESK_MERGE_MIN_FREE_MB", 1024)) * 2**20)
+        self.merge_note = "" if self.merge_after is not None else "off (LORADESK_MERGE=off)"
+        self._ctx_loras: tuple = ()  # what llama_set_adapters_lora last gave the context
+        self._since = time.monotonic()  # when the current adapter set became active
+        self._merged: merging.MergedCopy | None = None
+        self._building: tuple | None = None  # (adapter set, cancel event, thread)
+        self._built: merging.MergedCopy | None = None  # handed over by the build thread
+        self._tensors: dict[str, int] | None = None
         self.device = ("cpu (llama.cpp" + (", GPU offload" if llama_cpp.llama_supports_gpu_offload() else "")
                        + f"; weight repacking {extra_buffers()[1]})")
 
@@ -149,6 +167,8 @@ class LlamaCppEngine(Engine):
         return self._piece_bytes(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
 
     def _free(self) -> None:
+        self._drop_merged(wait=True)
+        self._tensors = None
         for adapter, _ in self._lora.values():
             llama_cpp.llama_adapter_lora_free(adapter)
         self._lora.clear()
@@ -157,7 +177,7 @@ class LlamaCppEngine(Engine):
         if self.model:
             llama_cpp.llama_model_free(self.model)
         self.ctx = self.model = self.vocab = None
-        self._applied, self._cache_owner, self._cache = (), None, []
+        self._applied, self._ctx_loras, self._cache_owner, self._cache = (), (), None, []
 
     def __del__(self):
         try:
@@ -220,6 +240,7 @@ class LlamaCppEngine(Engine):
         old = self._lora.get(name)
         self._lora[name] = (adapter, gguf_file)
         if old is not None:  # replaced: an active adapter stays active, with the new weights
+            self._drop_merged_with(name)
             if any(n == name for n, _ in self._applied):
                 self._set(self._applied, force=True)
             llama_cpp.llama_adapter_lora_free(old[0])
@@ -231,6 +252,7 @@ class LlamaCppEngine(Engine):
         return self.adapters[name]
 
     def _drop(self, name: str) -> None:
+        self._drop_merged_with(name)
         if any(n == name for n, _ in self._applied):
             self._set(())  # never free an adapter the context still uses
         adapter, _ = self._lora.pop(name, (None, None))
@@ -246,17 +268,152 @@ class LlamaCppEngine(Engine):
 
     def _set(self, pairs: tuple, force: bool = False) -> None:
         """Point the context at these (adapter, scale) pairs: one llama_set_adapters_lora call.
-        A different set makes the KV cache stale; _prepare_cache sees that from _cache_owner."""
+        A different set makes the KV cache stale; _prepare_cache sees that from _cache_owner.
+        While a merged copy is swapped in, the context has no LoRA, and _sync puts the base back
+        before the next decode (so a switch stays a few field writes away from instant)."""
         if pairs == self._applied and not force:
             return
+        if pairs and self._merged is not None and self._merged.key != pairs:
+            self._drop_merged_next = True  # another adapter set: at most one copy, the newest use
+        self._since = time.monotonic()
+        if self._merged is not None and self._merged.applied:
+            self._applied = pairs  # the LoRA set is given to the context in _sync
+            if force:
+                self._cache_owner = None
+            return
+        self._ctx_set(pairs)
+        self._applied = pairs
+        if force:
+            self._cache_owner = None
+
+    def _ctx_set(self, pairs: tuple) -> None:
         n = len(pairs)
         handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(self._lora[a][0] for a, _ in pairs)) if n else None
         scales = (ctypes.c_float * n)(*(s for _, s in pairs)) if n else None
         if llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales) != 0:
             raise AdapterError(f"llama.cpp refused the adapter set {[a for a, _ in pairs]}")
-        self._applied = pairs
-        if force:
-            self._cache_owner = None
+        self._ctx_loras = pairs
+
+    # -- the merged copy --------------------------------------------------------------------
+    _drop_merged_next = False
+
+    def _owner(self) -> tuple:
+        """What filled the KV cache: the adapter set, and whether through its merged copy (whose
+        rounding differs slightly from base + LoRA)."""
+        return self._applied, bool(self._merged is not None and self._merged.applied)
+
+    def _sync(self) -> None:
+        """Before a decode: swap the merged copy in or out to match the active adapter set, give the
+        context the LoRA set it needs, and start a build when the set has been active long enough."""
+        built, self._built = self._built, None
+        if built is not None:
+            if built.key == self._applied and self._merged is None:
+                self._merged = built
+            else:
+                built.free()
+        m = self._merged
+        if m is not None:
+            pressure = _available_memory() < self.merge_min_free
+            if pressure:
+                self.merge_note = f"dropped: less than {self.merge_min_free // 2**20} MB of memory free"
+            if self._drop_merged_next or pressure:
+                self._drop_merged()
+            elif m.key == self._applied:
+                m.apply()
+            else:
+                m.restore()
+        self._drop_merged_next = False
+        want = () if self._merged is not None and self._merged.applied else self._applied
+        if want != self._ctx_loras:
+            self._ctx_set(want)
+        self._maybe_build()
+
+    def _maybe_build(self) -> None:
+        if (self.merge_after is None or not self._applied or self._tensors == {}
+                or (self._merged is not None and self._merged.key == self._applied)
+                or (self._building is not None and self._building[0] == self._applied)
+                or time.monotonic() - self._since < self.merge_after):
+            return
+        if _available_memory() < 2 * self.merge_min_free:
+            self.merge_note = f"not built: less than {2 * self.merge_min_free // 2**20} MB of memory free"
+            return
+        if self._tensors is None:
+            try:
+                self._tensors = merging.tensor_table(self.model)
+            except merging.MergeUnavailable as e:
+                self._tensors, self.merge_note = {}, f"off: {e}"
+                return
+        if self._building is not None:
+            self._building[1].set()
+        key, cancel = self._applied, threading.Event()
+        loras = [(self._lora[name][1], scale) for name, scale in key]
+        thread = threading.Thread(target=self._build, args=(key, loras, cancel), name="loradesk-merge", daemon=True)
+        self._building = (key, cancel, thread)
+        self.merge_note = f"building for {_label(key)}"
+        thread.start()
+
+    def _build(self, key: tuple, loras: list, cancel: threading.Event) -> None:
+        """The build thread: numpy on the GGUF files, then hands the copy to _sync."""
+        start = time.perf_counter()
+        copy = None
+        try:
+            merged = merging.build(self.model_info.path, loras, cancel)
+            if merged and not cancel.is_set():
+                copy = merging.assemble(key, self._tensors, merged)
+        except Exception as e:  # noqa: BLE001 - a failed build leaves the resident LoRA in use
+            self.merge_note = f"failed for {_label(key)}: {e}"
+        if copy is not None and cancel.is_set():
+            copy.free()
+        elif copy is not None:
+            copy.seconds = time.perf_counter() - start
+            self.merge_note = f"ready for {_label(key)} ({copy.nbytes / 2**20:.0f} MB, built in {copy.seconds:.1f} s)"
+            self._built = copy  # before _building clears, so no second build starts in between
+        building = self._building
+        if building is not None and building[0] == key and building[1] is cancel:
+            self._building = None
+
+    def merge_now(self, timeout: float | None = None) -> merging.MergedCopy | None:
+        """Build the active adapter set's merged copy now and swap it in (the benchmark, tests)."""
+        with self._lock:
+            after, self.merge_after = self.merge_after, 0.0
+            try:
+                self._sync()
+            finally:
+                self.merge_after = after
+            building = self._building
+        if building is not None:
+            building[2].join(timeout)
+        with self._lock:
+            self._sync()
+            return self._merged
+
+    def _drop_merged(self, wait: bool = False) -> None:
+        if self._building is not None:
+            self._building[1].set()
+            if wait:
+                self._building[2].join()
+        if self._merged is not None:
+            self._merged.free()
+            self._merged = None
+        built, self._built = self._built, None
+        if built is not None:
+            built.free()
+
+    def _drop_merged_with(self, name: str) -> None:
+        if self._merged is not None and any(n == name for n, _ in self._merged.key):
+            if self._merged.applied:
+                self._ctx_set(())  # the adapter is about to change or go: decode on the base for now
+                self._cache_owner = None
+            self._drop_merged()
+
+    def merge_status(self) -> str:
+        """For `info` and the status bar: the merged copy's state and memory."""
+        m = self._merged
+        if m is not None:
+            return (f"merged copy of {_label(m.key)}: {m.nbytes / 2**20:.0f} MB, "
+                    + ("in use" if m.applied else "kept, not in use"))
+        return self.merge_note or (f"merged copy: after an adapter is active {self.merge_after:g} s"
+                                   if self.merge_after is not None else "off")
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -293,9 +450,10 @@ class LlamaCppEngine(Engine):
     def _prepare_cache(self, tokens: list[int]) -> int:
         """Keep the cached prefix of `tokens` computed under the current adapter set (at most all but
         the last token, whose logits are needed); clear the rest. Returns how many are kept."""
+        self._sync()
         mem = llama_cpp.llama_get_memory(self.ctx)
         keep = 0
-        if self._cache_owner == self._applied:
+        if self._cache_owner == self._owner():
             limit = min(len(self._cache), len(tokens) - 1)
             while keep < limit and self._cache[keep] == tokens[keep]:
                 keep += 1
@@ -303,7 +461,7 @@ class LlamaCppEngine(Engine):
             llama_cpp.llama_memory_clear(mem, True)
             keep = 0
         self._cache = self._cache[:keep]
-        self._cache_owner = self._applied
+        self._cache_owner = self._owner()
         return keep
 
     def _decode(self, tokens: list[int]) -> None:
@@ -441,4 +599,28 @@ class LlamaCppEngine(Engine):
         if not self.model:
             return 0
         adapters = sum(f.stat().st_size for _, f in self._lora.values() if f.exists())
-        return int(llama_cpp.llama_model_size(self.model)) + adapters + int(llama_cpp.llama_state_get_size(self.ctx))
+        merged = self._merged.nbytes if self._merged is not None else 0
+        return (int(llama_cpp.llama_model_size(self.model)) + adapters + merged
+                + int(llama_cpp.llama_state_get_size(self.ctx)))
+
+
+def merge_after() -> float | None:
+    """LORADESK_MERGE: seconds an adapter set stays active before its merged copy is built
+    (default 5), or "off"."""
+    value = os.environ.get("LORADESK_MERGE", "5").strip().lower()
+    if value in ("off", "no", "false", "never"):
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise EngineError(f"LORADESK_MERGE takes seconds or 'off', not {value!r}") from None
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def _label(key: tuple) -> str:
+    return "+".join(name if scale == 1.0 else f"{name}:{scale:g}" for name, scale in key)
