@@ -252,6 +252,8 @@ def cmd_info(args) -> int:
             print(f"adapter:  {name}: {a.format}, rank {a.rank}, {a.modules} layers, {_size(a.bytes)}")
         for task, why in s.problems.items():
             print(f"adapter:  {task}: {why}")
+        if hasattr(s.engine, "merge_status"):
+            print(f"merging:  {s.engine.merge_status()}")
     return 0
 
 

@@ -296,6 +296,12 @@ class LlamaCppEngine(Engine):
 
     # -- the merged copy --------------------------------------------------------------------
     _drop_merged_next = False
+    _merged_held = False  # use_merged(False): keep the copy, decode with the resident LoRA
+
+    def use_merged(self, on: bool) -> None:
+        """Whether a built copy is swapped in (the benchmark compares both on one engine)."""
+        with self._lock:
+            self._merged_held = not on
 
     def _owner(self) -> tuple:
         """What filled the KV cache: the adapter set, and whether through its merged copy (whose
@@ -318,7 +324,7 @@ class LlamaCppEngine(Engine):
                 self.merge_note = f"dropped: less than {self.merge_min_free // 2**20} MB of memory free"
             if self._drop_merged_next or pressure:
                 self._drop_merged()
-            elif m.key == self._applied:
+            elif m.key == self._applied and not self._merged_held:
                 m.apply()
             else:
                 m.restore()
@@ -329,7 +335,7 @@ class LlamaCppEngine(Engine):
         self._maybe_build()
 
     def _maybe_build(self) -> None:
-        if (self.merge_after is None or not self._applied or self._tensors == {}
+        if (self.merge_after is None or self._merged_held or not self._applied or self._tensors == {}
                 or (self._merged is not None and self._merged.key == self._applied)
                 or (self._building is not None and self._building[0] == self._applied)
                 or time.monotonic() - self._since < self.merge_after):
@@ -375,11 +381,12 @@ class LlamaCppEngine(Engine):
     def merge_now(self, timeout: float | None = None) -> merging.MergedCopy | None:
         """Build the active adapter set's merged copy now and swap it in (the benchmark, tests)."""
         with self._lock:
-            after, self.merge_after = self.merge_after, 0.0
+            after, held = self.merge_after, self._merged_held
+            self.merge_after, self._merged_held = 0.0, False
             try:
                 self._sync()
             finally:
-                self.merge_after = after
+                self.merge_after, self._merged_held = after, held
             building = self._building
         if building is not None:
             building[2].join(timeout)
@@ -405,6 +412,14 @@ class LlamaCppEngine(Engine):
                 self._ctx_set(())  # the adapter is about to change or go: decode on the base for now
                 self._cache_owner = None
             self._drop_merged()
+
+    @staticmethod
+    def cpu_flags() -> str:
+        """The CPU features llama.cpp uses here, and whether it repacks weights (bench speed)."""
+        info = llama_cpp.llama_print_system_info().decode(errors="replace")
+        have = [f.split(" = ")[0].strip() for f in info.split("|") if f.strip().endswith("= 1")]
+        wanted = [f for f in have if f.startswith(("AVX", "AMX", "NEON", "SVE", "F16C", "FMA"))]
+        return " ".join(wanted) + f"; weight repacking {extra_buffers()[1]}"
 
     def merge_status(self) -> str:
         """For `info` and the status bar: the merged copy's state and memory."""
