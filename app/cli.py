@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.print_help()
             return 0
-    from app.engine.base import EngineError
+    from app.errors import EngineError
 
     try:
         return int(args.func(args) or 0)

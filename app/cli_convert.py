@@ -11,7 +11,7 @@ from app.engine import ENGINES as ENGINE_CHOICES
 
 
 def add_commands(models_sub, adapters_sub) -> None:
-    from app.engine.store import EXPORT_FORMATS
+    from app.store import EXPORT_FORMATS
     from app.tasks import task_names
 
     ip = models_sub.add_parser("import", help="import a GGUF model file: kept as it is for llamacpp, "
@@ -43,7 +43,7 @@ def cmd_models_import(args) -> int:
 
 
 def cmd_adapters_export(args) -> int:
-    from app.engine.store import export
+    from app.store import export
 
     print(export(args.task, args.out, args.format, base_model=args.base_model))
     return 0

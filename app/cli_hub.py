@@ -52,7 +52,7 @@ def _model(args) -> str:
 
 
 def _size(n: int) -> str:
-    from app.ui.format import human_bytes  # Qt-free
+    from app.format import human_bytes
 
     return human_bytes(n)
 

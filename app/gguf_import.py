@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from app import paths
-from app.engine.base import EngineError
+from app.errors import EngineError
 
 # Architectures the product's engines, adapters and chat templates are built and tested for.
 SUPPORTED_ARCHS = ("qwen2", "llama", "gemma2")

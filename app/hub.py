@@ -143,7 +143,7 @@ def snapshot(repo_id: str, folder: Path, progress: ProgressFn | None = None, can
         GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
-    from app.models import ModelUnavailable
+    from app.errors import ModelUnavailable
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelUnavailable(offline_message(repo_id, folder))

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import paths
-from app.engine.adapter_format import (
-    METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, base_model_key, check_against_model, check_base_model,
-    fingerprint_of, read_adapter,
-)
-from app.engine.base import AdapterError, EngineError
+from app.engine.adapter_check import check_against_model
+from app.engine.adapter_format import read_adapter
+from app.engine.base_model import base_model_key, check_base_model
+from app.engine.lora import METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, fingerprint_of
+from app.errors import AdapterError, EngineError
 from app.hub import Cancelled, ProgressFn
 from app.tasks import get_task
 
@@ -50,7 +50,7 @@ def base_repo(model_ref: str | None, base: str | None = None) -> str:
     supported model map to it), or `base` when given. A local folder or GGUF that does not name its
     model needs `base`."""
     from app import models
-    from app.engine.adapter_format import _model_name
+    from app.engine.base_model import repo_id_of
 
     if base:
         return base.strip()
@@ -58,7 +58,7 @@ def base_repo(model_ref: str | None, base: str | None = None) -> str:
     for m in (*models.SUPPORTED, models.MISTRAL_7B):
         if ref in (m.torch_repo, m.mlx_repo, m.gguf_repo):
             return m.torch_repo
-    name = _model_name(ref) if ref else None  # a repo id, or our download folder of one
+    name = repo_id_of(ref) if ref else None  # a repo id, or our download folder of one
     if name and not name.lower().endswith("gguf"):
         for m in (*models.SUPPORTED, models.MISTRAL_7B):
             if name in (m.mlx_repo, m.gguf_repo):
@@ -71,7 +71,7 @@ def base_repo(model_ref: str | None, base: str | None = None) -> str:
 def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
     """(in, out) of each adaptable linear layer, from a config.json (the logical shapes: a 4-bit copy
     packs them but adapts the same layers)."""
-    from app.tiny import linear_shapes_from_config  # the one copy of this arithmetic
+    from app.engine.adapter_check import linear_shapes_from_config  # the one copy of this arithmetic
 
     return linear_shapes_from_config(config.get("text_config", config))
 
@@ -349,7 +349,7 @@ def _examine(info, task: str, base: str, shapes) -> tuple[HubAdapter | None, str
 # -- get ---------------------------------------------------------------------------------------------------
 @dataclass
 class GetResult:
-    entry: object  # app.engine.store.StoredAdapter
+    entry: object  # app.store.StoredAdapter
     repo: str
     revision: str  # the commit downloaded
     files: dict[str, str]  # file -> sha256
@@ -425,7 +425,7 @@ def get(spec: str, task: str, model_ref: str | None = None, base: str | None = N
 def _register(stage: Path, names: dict, repo: str, sha: str, revision, info, task: str, name: str, model_ref,
               base_id: str, force: bool):
     """Check a downloaded adapter (hashes, format, shapes, base model) and register it."""
-    from app.engine import store
+    from app import store
 
     files = {}
     for f in sorted(p for p in stage.iterdir() if p.is_file()):

@@ -8,8 +8,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.adapter_format import METADATA_FILE, read_adapter
-from app.engine.base import AdapterError
+from app.engine.adapter_format import read_adapter
+from app.engine.lora import METADATA_FILE
+from app.errors import AdapterError
 from app.hub_adapters import HubUnavailable, base_repo, check_online, network_error, parse_spec
 from app.tasks import get_task
 
@@ -132,7 +133,7 @@ def push(task: str, repo: str, private: bool = True, base: str | None = None,
     """Upload `task`'s adapter in use to `repo` in PEFT format, with a model card."""
     from huggingface_hub import HfApi, get_token
 
-    from app.engine import store
+    from app import store
 
     get_task(task)
     parse_spec(repo)

@@ -17,8 +17,10 @@ import shutil
 import time
 from pathlib import Path
 
-from app.engine.adapter_format import METADATA_FILE, fingerprint_of, read_adapter, weights_digest
-from app.engine.base import EngineError
+from app.engine.adapter_format import read_adapter
+from app.engine.base_model import weights_digest
+from app.engine.lora import METADATA_FILE, fingerprint_of
+from app.errors import EngineError
 from training.callbacks import Callback, Progress
 from training.checkpoints import RunDir, TrainingCancelled, new_run, resumable_runs
 from training.config import TrainConfig
@@ -177,7 +179,7 @@ def prepared_messages(task_name: str, prepared: Prepared) -> dict[str, list[list
 
 def _export(config, engine, ref, model_path, trainer, prepared, run, total, progress, wall) -> Path:
     """Write the adapter into a temp folder, describe it, check it reads back, then register it."""
-    from app.engine import store
+    from app import store
 
     tmp = run.path / "adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

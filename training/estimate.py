@@ -58,7 +58,7 @@ class Estimate:
 
     def summary(self) -> str:
         """One line for the CLI and the Train panel."""
-        from app.ui.format import human_duration
+        from app.format import human_duration
 
         val = (f", {self.validations} validations of {human_duration(self.validation_s)}"
                if self.validations else "")
@@ -147,7 +147,7 @@ def estimate(config: TrainConfig, steps: int = MEASURED_STEPS, report=None, canc
 
 
 def estimate_job(config: TrainConfig, steps: int, report, cancel) -> Estimate:
-    """app.ui.child_process entry point: `estimate` in a spawned process."""
+    """app.child_process entry point: `estimate` in a spawned process."""
     return estimate(config, steps, report=report, cancel=cancel)
 
 
@@ -155,7 +155,7 @@ def estimate_in_child(config: TrainConfig, steps: int = MEASURED_STEPS, report=N
     """`estimate` in a fresh process, so its peak RSS is this engine's alone."""
     import threading
 
-    from app.ui.child_process import run_in_child  # Qt-free, despite its package
+    from app.child_process import run_in_child
 
     return run_in_child("training.estimate:estimate_job", (config, steps), report or (lambda _r: None),
                         cancel or threading.Event(), "estimate")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.bench import stats
-from app.engine.adapter_format import METADATA_FILE
+from app.engine.lora import METADATA_FILE
 from training.data import parse_ranges, row_ranges
 from training.sources import DataError
 
@@ -236,7 +236,7 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
         if cfg.ship_to is not None:
             say(f"shipped as {ship(adapter, cfg.ship_to, cfg.ship_base)} (base {cfg.ship_base})")
     else:
-        from app.engine import store
+        from app import store
 
         store.add("math", adapter, name="math-gsm8k")
     per_engine = {}

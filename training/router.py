@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.router import BITS, NONE, WEIGHTS, Router, features
+from app.router import BITS, NONE, WEIGHTS, Router, accuracy, features, heldout
 from training.router_data import training_prompts
 
 STEPS = 150
@@ -85,8 +85,6 @@ def main(argv=None) -> int:
     path = build(args.out)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
     if args.check:
-        from app.bench.route_bench import accuracy, heldout
-
         items = heldout()
         acc, confusion, names = accuracy(Router.load(path), items)
         print(f"held-out accuracy {acc:.1%} on {len(items)} prompts")

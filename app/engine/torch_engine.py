@@ -22,9 +22,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from app.engine.adapter_format import LoraWeights, fingerprint_of, write_peft
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.adapter_write import write_peft
+from app.engine.base import AdapterInfo, Engine, ModelInfo, decode_rate, prefill_spans
+from app.engine.lora import LoraWeights, fingerprint_of
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
+from app.errors import AdapterError, EngineError
 from app.tasks import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -195,9 +197,7 @@ class TorchEngine(Engine):
 
     # -- model --------------------------------------------------------------------------
     def load(self, model_ref) -> ModelInfo:
-        from app.models import resolve_model
-
-        path = resolve_model(model_ref, engine="torch")
+        path = self.resolve_model(model_ref, engine="torch")
         with self._lock:
             return self._load(str(model_ref), Path(path))
 

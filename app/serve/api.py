@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.engine.base import EngineError
+from app.errors import EngineError
+from app.plan import answer
 from app.serve import catalog
 from app.serve.queue import EngineQueue, Executor, QueueFull
 from app.tasks import GenerationSettings
@@ -181,15 +182,7 @@ def generation_job(backend: Backend, target: catalog.Target, prompt, settings: G
         engine = backend.engine()
         if engine is None:
             raise ApiError(503, "the model is loading; retry in a moment", "server_error", code="model_loading")
-        if target.folder is not None and target.adapter not in engine.adapters:
-            engine.add_adapter(target.adapter, target.folder)  # stays resident for the next requests
-        previous = engine.active
-        engine.activate(target.adapter)
-        try:
-            yield from engine.stream_generate(prompt, settings, cancel)
-        finally:
-            if engine.active != previous and (previous is None or previous in engine.adapters):
-                engine.activate(previous)
+        yield from answer(engine, target.adapter, prompt, settings, cancel, folder=target.folder)
 
     return job
 

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.plan import AUTO, mix_task
 from app.tasks import Task, get_task, task_names
 
 BASE = "base"
-AUTO = "auto"
 _CREATED = int(time.time())  # OpenAI model objects carry a creation time; ours is the server's start
 
 
@@ -29,7 +29,7 @@ class Target:
 
 def _stored_others(task: str) -> list:
     """The task's stored adapters other than the one in use (which the task id itself serves)."""
-    from app.engine import store
+    from app import store
 
     try:
         in_use = store.current(task)
@@ -58,7 +58,7 @@ def resolve(model_id: str, engine, prompt: str | None = None) -> Target:
     for a in _stored_others(task_name):
         if a.name == name:
             return Target(model_id, model_id, task, folder=a.path)
-    from app.engine import store
+    from app import store
 
     in_use = store.current(task_name)
     if in_use is not None and in_use.name == name:  # TASK:CURRENT is the task id itself
@@ -85,8 +85,8 @@ def _mixed(model_id: str, engine) -> Target:
         raise ValueError(f"model {model_id!r}: every weight is zero (that is model 'base')")
     if any(n not in engine.adapters for n in weights):
         raise KeyError(model_id)
-    heaviest = max(weights, key=lambda n: weights[n]).partition(":")[0]  # whose prompt applies
-    return Target(label(weights), weights, get_task(heaviest) if heaviest in task_names() else None)
+    task = mix_task(weights)  # whose prompt applies
+    return Target(label(weights), weights, get_task(task) if task else None)
 
 
 def models(engine) -> list[dict]:
