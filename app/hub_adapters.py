@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -30,18 +29,14 @@ from app.engine.adapter_check import check_against_model
 from app.engine.adapter_format import read_adapter
 from app.engine.base_model import base_model_key, check_base_model
 from app.engine.lora import METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, fingerprint_of
-from app.errors import AdapterError, EngineError
-from app.hub import Cancelled, ProgressFn
+from app.errors import AdapterError
+from app.hub import Cancelled, HubUnavailable, ProgressFn, check_online, network_error  # noqa: F401 - HubUnavailable: part of this API
 from app.tasks import get_task
 
 ADAPTER_FILES = ("adapter_config.json", PEFT_WEIGHTS, MLX_WEIGHTS)
 MAX_CANDIDATES = 40  # adapters examined per search (each costs three small requests)
 SEARCH_THREADS = 8
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-class HubUnavailable(EngineError):
-    """The Hub cannot be reached (offline, no connection) or refused the request."""
 
 
 # -- which base model, and what its layers look like ---------------------------------------------------
@@ -95,40 +90,7 @@ def base_config(model_ref: str | None, repo: str) -> dict | None:
         return None
 
 
-# -- network edge ----------------------------------------------------------------------------------------
-def check_online(what: str) -> None:
-    from huggingface_hub import constants
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or constants.HF_HUB_OFFLINE:
-        raise HubUnavailable(f"{what} needs the network, and HF_HUB_OFFLINE=1 is set; unset it and try again")
-
-
-def network_error(what: str, e: Exception) -> EngineError:
-    """One clear line for whatever huggingface-hub or httpx raised."""
-    from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
-    )
-
-    if isinstance(e, (EngineError, ValueError, Cancelled)):
-        return e
-    if isinstance(e, OfflineModeIsEnabled):
-        return HubUnavailable(f"{what} needs the network, and huggingface-hub is in offline mode (HF_HUB_OFFLINE)")
-    if isinstance(e, RevisionNotFoundError):
-        return HubUnavailable(f"{what}: no such revision on the Hugging Face hub")
-    if isinstance(e, GatedRepoError):
-        return HubUnavailable(f"{what}: the repo is gated; accept its licence on huggingface.co and log in "
-                              "(hf auth login)")
-    if isinstance(e, RepositoryNotFoundError):
-        return HubUnavailable(f"{what}: the repo does not exist on the Hugging Face hub (or is private)")
-    if isinstance(e, HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else "?"
-        if status in (401, 403):
-            return HubUnavailable(f"{what}: the Hugging Face hub refused the request (HTTP {status}); log in with "
-                                  "a token that may write there (hf auth login, or HF_TOKEN)")
-        return HubUnavailable(f"{what}: the Hugging Face hub answered HTTP {status}")
-    return HubUnavailable(f"{what} needs the network: cannot reach the Hugging Face hub ({type(e).__name__})")
-
-
+# -- the Hub's cache for searches ------------------------------------------------------------------------
 def _cache() -> Path:
     return paths.home() / "hub-cache"  # adapter configs and base configs read during searches
 

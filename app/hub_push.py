@@ -11,7 +11,8 @@ from pathlib import Path
 from app.engine.adapter_format import read_adapter
 from app.engine.lora import METADATA_FILE
 from app.errors import AdapterError
-from app.hub_adapters import HubUnavailable, base_repo, check_online, network_error, parse_spec
+from app.hub import HubUnavailable, check_online, network_error
+from app.hub_adapters import base_repo, parse_spec
 from app.tasks import get_task
 
 PUSH_TAG = "loradesk"
