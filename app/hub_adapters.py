@@ -24,13 +24,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app import paths
+from app import hub, models, paths, store
 from app.engine.adapter_check import check_against_model
 from app.engine.adapter_format import read_adapter
-from app.engine.base_model import base_model_key, check_base_model
+from app.engine.base_model import base_model_key, check_base_model, repo_id_of
 from app.engine.lora import METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, fingerprint_of
 from app.errors import AdapterError
 from app.hub import Cancelled, HubUnavailable, ProgressFn, check_online, network_error  # noqa: F401 - HubUnavailable: part of this API
+from app.models import local_repo_folder
+from app.names import check_name
 from app.tasks import get_task
 
 ADAPTER_FILES = ("adapter_config.json", PEFT_WEIGHTS, MLX_WEIGHTS)
@@ -44,9 +46,6 @@ def base_repo(model_ref: str | None, base: str | None = None) -> str:
     """The hub repo id of the original weights behind `model_ref` (MLX and GGUF conversions of a
     supported model map to it), or `base` when given. A local folder or GGUF that does not name its
     model needs `base`."""
-    from app import models
-    from app.engine.base_model import repo_id_of
-
     if base:
         return base.strip()
     ref = str(model_ref or "")
@@ -74,8 +73,6 @@ def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
 def base_config(model_ref: str | None, repo: str) -> dict | None:
     """The base model's config.json: from the model's folder when it is on this machine, else the
     Hub's copy (a few KB); None when neither can be read (a gated repo, say)."""
-    from app.models import local_repo_folder
-
     for folder in [Path(str(model_ref)).expanduser()] if model_ref else []:
         if folder.is_file():
             folder = folder.parent
@@ -344,9 +341,6 @@ def get(spec: str, task: str, model_ref: str | None = None, base: str | None = N
     """Download REPO[@REVISION] (one commit, resumable), validate it and register it for `task`."""
     from huggingface_hub import HfApi
 
-    from app import hub
-    from app.names import check_name
-
     get_task(task)
     repo, revision = parse_spec(spec)
     name = check_name(name or default_name(repo))
@@ -387,8 +381,6 @@ def get(spec: str, task: str, model_ref: str | None = None, base: str | None = N
 def _register(stage: Path, names: dict, repo: str, sha: str, revision, info, task: str, name: str, model_ref,
               base_id: str, force: bool):
     """Check a downloaded adapter (hashes, format, shapes, base model) and register it."""
-    from app import store
-
     files = {}
     for f in sorted(p for p in stage.iterdir() if p.is_file()):
         files[f.name] = _sha256(f)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app import paths
+from app import hub, paths
 from app.engine.base_model import looks_like_repo_id
 from app.engine.model_files import GGUF_PATTERN, check_model_folder, local_model, pick_gguf
 from app.errors import EngineError, ModelUnavailable  # noqa: F401 - raised by app.hub, caught as models.ModelUnavailable
@@ -16,12 +16,11 @@ from app.hub import ProgressFn  # called with a hub.DownloadProgress (bytes done
 from app.jsonfile import JsonFile
 from app.model_choices import DEFAULT_INDEX, MISTRAL_7B, SUPPORTED, ModelChoice, default_model  # noqa: F401
 from app.names import check_name
+from app.tasks import load_tasks
 
 
 def shipped_tasks(choice: ModelChoice) -> list[str]:
     """The tasks that have an adapter shipped with the app for this model."""
-    from app.tasks import load_tasks
-
     return [t.name for t in load_tasks().values()
             if any(s.base == choice.torch_repo for s, _ in t.shipped_folders())]
 
@@ -87,8 +86,6 @@ def resolve_model(ref: str | Path, engine: str = "mlx", progress: ProgressFn | N
 
 def download_model(repo_id: str, progress: ProgressFn | None = None, cancel=None) -> Path:
     """Download a hub repo's model files into the store (resumable; partial files are kept)."""
-    from app import hub
-
     folder = local_repo_folder(repo_id)
     hub.snapshot(repo_id, folder, progress=progress, cancel=cancel,
                  allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"])
@@ -133,8 +130,6 @@ def resolve_gguf(ref: str | Path, progress: ProgressFn | None = None, cancel=Non
         repo = next((m.gguf_repo for m in (*SUPPORTED, MISTRAL_7B) if repo in (m.torch_repo, m.mlx_repo)), repo)
     folder = local_repo_folder(repo)
     if not (folder / ".complete").exists():
-        from app import hub
-
         hub.snapshot(repo, folder, progress=progress, cancel=cancel, allow_patterns=[GGUF_PATTERN])
         (folder / ".complete").touch()
     path = pick_gguf(folder)

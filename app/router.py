@@ -22,6 +22,7 @@ import numpy as np
 
 from app.jsonfile import read_jsonl
 from app.paths import resources_dir
+from app.tasks import task_names
 
 NONE = "none"  # general chat: answered by the base model, no adapter
 WEIGHTS = resources_dir() / "router" / "router.npz"  # the bundle's own copy when frozen
@@ -139,8 +140,6 @@ class Router:
 @lru_cache(maxsize=1)
 def default_router() -> Router:
     """The shipped router, checked against the task list (one source of truth: app/tasks.py)."""
-    from app.tasks import task_names
-
     r = Router.load()
     expected = set(task_names()) | {NONE}
     if set(r.labels) != expected:

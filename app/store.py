@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import paths
+from app import hub, paths
 from app.engine.adapter_format import detect_format, read_adapter
 from app.engine.adapter_write import atomic_folder, write_mlx, write_peft
 from app.engine.base import Engine
@@ -136,7 +136,6 @@ def adapter_folder(task: str) -> Path | None:
     if local.exists():
         return local
     if "/" in source:  # a hub repo id: fetched once into the store
-        from app import hub
 
         folder = paths.adapters_dir() / task / source.replace("/", "--")
         if not (folder / "adapter_config.json").exists():

@@ -15,6 +15,7 @@ import numpy as np
 from app.engine.adapter_check import linear_shapes_from_config
 from app.engine.adapter_write import write_mlx
 from app.engine.lora import LoraModule, LoraWeights, fingerprint_of
+from app.tasks import load_tasks
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
@@ -25,8 +26,6 @@ ARCHS = ("qwen2", "llama", "gemma2")
 
 
 def _corpus() -> list[str]:
-    from app.tasks import load_tasks
-
     lines = []
     for t in load_tasks().values():
         lines += [t.system_prompt, t.user_template, t.example_input, t.example_output]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from app.router import BITS, NONE, WEIGHTS, Router, accuracy, features, heldout
+from app.tasks import task_names
 from training.router_data import training_prompts
 
 STEPS = 150
@@ -24,8 +25,6 @@ L2 = 1e-4  # per-example penalty on the weights: keeps hashed collisions from do
 
 
 def labels() -> list[str]:
-    from app.tasks import task_names
-
     return task_names() + [NONE]
 
 

@@ -21,6 +21,9 @@ from typing import Callable
 from app.bench.evals import EVALS, DatasetUnavailable, EvalOptions, get_eval, select
 from app.errors import EngineError
 from app.memory import memory_check
+from app.model_choices import MISTRAL_7B, SUPPORTED
+from app.models import local_repo_folder, registered_models
+from app.session import Session, choose_engine, choose_model, new_engine, open_session
 from app.tasks import task_names
 
 CONFIGS = ("mistral-7b", "base", "adapter")
@@ -94,17 +97,12 @@ def model_ref_for(config: str, slm: str, kind: str) -> str:
     if config in ("base", "adapter"):
         return slm
     if config == "mistral-7b":
-        from app.model_choices import MISTRAL_7B
-
         return MISTRAL_7B.repo_for(kind)
     return config
 
 
 def weights_bytes(ref: str, kind: str) -> int | None:
     """Bytes of a model's weights without loading (or downloading) it; None when unknown."""
-    from app.model_choices import MISTRAL_7B, SUPPORTED
-    from app.models import local_repo_folder, registered_models
-
     folder = Path(ref).expanduser()
     if folder.is_file():
         return folder.stat().st_size  # a GGUF file
@@ -176,14 +174,11 @@ class _Appender:
 
 # -- the run --------------------------------------------------------------------------------------
 def _open(config_names: list[str], ref: str, cfg: QualityConfig, kind: str, adapter_tasks: list[str]):
-    from app.session import new_engine, open_session
-
     check_fits(ref, kind)
     if any(c in ("base", "adapter") for c in config_names):
         return open_session(ref, kind, tasks=adapter_tasks, with_adapters="adapter" in config_names, warn=False)
     eng = new_engine(kind)
     eng.load(ref)
-    from app.session import Session
 
     return Session(eng, {})
 
@@ -204,8 +199,6 @@ def _units(ev, config: str, engine, problems: dict) -> list[tuple[str | None, st
 def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None = None,
                 cancel: threading.Event | None = None) -> dict:
     """Run the benchmark; returns the results dict that report.write_report renders."""
-    from app.session import choose_engine, choose_model
-
     cancel = cancel or threading.Event()
     kind = choose_engine(cfg.engine)
     slm = choose_model(cfg.model, kind)

@@ -8,7 +8,9 @@ import statistics
 import sys
 import time
 
-from app.router import HELDOUT, accuracy, heldout
+from app.router import HELDOUT, accuracy, default_router, heldout
+from app.session import open_session
+from app.tasks import GenerationSettings
 
 
 def time_route(router, prompts: list[str], repeat: int = 5) -> list[float]:
@@ -41,9 +43,7 @@ def sample(items: list[dict], n: int, seed: int = 0) -> list[dict]:
 
 def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[dict]:
     """Route each prompt, activate its adapter and time the answer's first token (one token asked)."""
-    from app.plan import for_route
-    from app.router import default_router
-    from app.tasks import GenerationSettings
+    from app.plan import for_route  # late: 5 ms of `loradesk --help`, which imports every command's module
 
     router = default_router()
     rows = []
@@ -68,8 +68,6 @@ def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[d
 
 def run(model=None, engine=None, prompts: int = 20, ttft: bool = True, path=HELDOUT,
         log=lambda s: print(s, file=sys.stderr)) -> dict:
-    from app.router import default_router
-
     router = default_router()
     items = heldout(path)
     acc, confusion, labels = accuracy(router, items)
@@ -83,8 +81,6 @@ def run(model=None, engine=None, prompts: int = 20, ttft: bool = True, path=HELD
            "route_ms_median": statistics.median(times) * 1e3, "route_ms_max": max(times) * 1e3,
            "route_ms_200_tokens": min(time_route(router, [long], 20)) * 1e3}
     if ttft:
-        from app.session import open_session
-
         session = open_session(model, engine, warn=False)
         eng = session.engine
         log(f"time to first token on {eng.kind} ({eng.model_info.ref}), {prompts} held-out prompts ...")

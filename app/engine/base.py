@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+from app.engine.adapter_check import check_against_model
+from app.engine.adapter_format import read_adapter
+from app.engine.base_model import check_base_model
+from app.engine.mix import check_names, check_weights, label
 from app.engine.model_files import files_only
 from app.errors import AdapterError, EngineError  # noqa: F401 - engine modules import them from here too
 from app.tasks import GenerationSettings
@@ -106,8 +110,6 @@ class Engine(ABC):
         """Validate and load an adapter folder (MLX or PEFT format); it stays resident, inactive.
         An adapter recorded as made for another base model is refused unless `force`
         (adapter_format.check_base_model; its warning, if any, is kept in AdapterInfo.warning)."""
-        from app.engine.adapter_format import read_adapter
-
         self.require_model()
         weights = read_adapter(folder)  # file reading and format checks: any thread, no lock
         where = f"{name!r} ({folder})"
@@ -128,8 +130,6 @@ class Engine(ABC):
 
     def _check(self, weights, where: str) -> None:
         """Every mismatch between the adapter and the model's layers and facts, in one AdapterError."""
-        from app.engine.adapter_check import check_against_model
-
         info = self.model_info
         fp = {k: v for k, v in info.fingerprint.items() if k not in self._unchecked_facts}
         check_against_model(weights, self.linear_shapes(), fp, where, f"the loaded model ({info.ref})")
@@ -142,8 +142,6 @@ class Engine(ABC):
             return False
 
     def _check_base(self, weights, where: str, force: bool) -> str | None:
-        from app.engine.base_model import check_base_model
-
         return check_base_model(weights, self.model_info, where, force)
 
     @abstractmethod
@@ -173,8 +171,6 @@ class Engine(ABC):
     @property
     def mix(self) -> dict[str, float]:
         """The active adapters and their weights: {} for the base model, {name: 1.0} for one."""
-        from app.engine.mix import label
-
         if self._mix and self.active == label(self._mix):
             return dict(self._mix)
         return {} if self.active is None else {self.active: 1.0}
@@ -184,8 +180,6 @@ class Engine(ABC):
         own delta times its weight, sum_i w_i s_i (x A_i) B_i (exact; A and B are never averaged).
         Weights need not sum to 1; an empty (or all-zero) mix is the base model. Like `activate`,
         it waits for a running generation, and no weights move."""
-        from app.engine.mix import check_names, check_weights, label
-
         weights = check_weights(weights)
         check_names(weights, self.adapters)
         with self._lock:
