@@ -1,9 +1,10 @@
 """The OpenAI-compatible HTTP API (FastAPI): routes, request parsing, limits and errors; what it
 sends back is shaped by app/serve/output.py.
 
-A thin layer over the engine interface and the task records, like the CLI: the request's `model`
-picks the adapter (app/serve/catalog.py), the task record gives the prompt and the default
-decoding settings, and every generation is one job on the single engine queue (app/serve/queue.py).
+A thin layer over the engine interface and the task records, like the CLI: a route parses the
+body, app/serve/planner.py decides in one call what it runs (the adapter its `model` names, the
+task's prompt and settings), and the answer is one app.plan.answer job on the single engine queue
+(app/serve/queue.py).
 Errors always come back in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from app.errors import EngineError
 from app.plan import answer
 from app.serve import catalog
 from app.serve.output import ApiError, Output
+from app.serve.planner import Planned, plan_chat, plan_completion, target_for
 from app.serve.queue import EngineQueue, Executor, QueueFull
 from app.tasks import GenerationSettings
 
@@ -107,60 +109,6 @@ def _parse(model_cls, data: dict):
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
         raise ApiError(400, f"invalid parameter {param}: {err['msg']}", param=param, code="invalid_value") from None
-
-
-def _text(content, i: int) -> str:
-    """A message's text: a string, or the text parts of a content list (editors send either)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise ApiError(400, f"messages[{i}]: only text content is supported, got a {part.get('type')!r} part",
-                           param=f"messages.{i}.content", code="invalid_value")
-        parts.append(part["text"])
-    return "".join(parts)
-
-
-def chat_messages(body: ChatBody, target: catalog.Target) -> list[dict]:
-    """The messages the engine sees. A task model runs as its tab does (system prompt, user
-    template on each user turn) unless the request brings its own system message: then the
-    messages go to the task's adapter unchanged."""
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content, i)}
-            for i, m in enumerate(body.messages)]
-    task = target.task
-    if task is None or any(m["role"] == "system" for m in msgs):
-        return msgs
-    options = body.options or {}
-    try:
-        turns = [{**m, "content": task.user_message(m["content"], **options)} if m["role"] == "user" else m
-                 for m in msgs]
-    except ValueError as e:
-        raise ApiError(400, str(e), param="options", code="invalid_value") from None
-    return [{"role": "system", "content": task.system_prompt}, *turns]
-
-
-def settings_for(body: _Body, target: catalog.Target, limit: int, max_tokens: int | None) -> GenerationSettings:
-    """The task's generation settings (the base model: the engine defaults), overridden by the request."""
-    if body.n not in (None, 1):
-        raise ApiError(400, "only n=1 is supported", param="n", code="invalid_value")
-    if max_tokens is not None and max_tokens > limit:
-        raise ApiError(400, f"max_tokens is {max_tokens}; this server allows at most {limit}",
-                       param="max_tokens", code="invalid_value")
-    stop = body.stop
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and len(stop) > 4:
-        raise ApiError(400, "stop takes at most 4 strings", param="stop", code="invalid_value")
-    base = target.task.generation if target.task else GenerationSettings()
-    try:
-        s = base.replace(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                         stop=tuple(stop) if stop is not None else None)
-        return s.replace(max_tokens=min(s.max_tokens, limit))
-    except ValueError as e:
-        raise ApiError(400, str(e), code="invalid_value") from None
 
 
 def generation_job(backend: Backend, target: catalog.Target, prompt, settings: GenerationSettings):
@@ -246,17 +194,6 @@ def engine_or_503(request: Request):
     return engine
 
 
-def target_for(model_id: str, engine, prompt: str | None = None) -> catalog.Target:
-    try:
-        return catalog.resolve(model_id, engine, prompt)
-    except ValueError as e:  # a malformed mix, or nothing to route
-        raise ApiError(400, str(e), param="model", code="invalid_value") from None
-    except KeyError:
-        known = ", ".join(m["id"] for m in catalog.models(engine))
-        raise ApiError(404, f"the model {model_id!r} does not exist; this server has: {known}",
-                       param="model", code="model_not_found") from None
-
-
 # -- the routes -------------------------------------------------------------------------------
 router = APIRouter()
 
@@ -288,37 +225,22 @@ async def get_model(model_id: str, request: Request):
 async def chat(request: Request):
     check_key(request)
     body = _parse(ChatBody, await read_json(request))
-    users = [_text(m.content, i) for i, m in enumerate(body.messages) if m.role == "user"]
-    target = target_for(body.model, engine_or_503(request), users[-1] if users else None)  # auto routes on the last
-    messages = chat_messages(body, target)
-    limit = request.app.state.config.max_tokens_limit
-    settings = settings_for(body, target, limit, body.max_completion_tokens or body.max_tokens)
-    return await _answer(request, body, target, messages, settings, chat=True)
+    todo = plan_chat(body, lambda: engine_or_503(request), request.app.state.config.max_tokens_limit)
+    return await _answer(request, body, todo, chat=True)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
     check_key(request)
     body = _parse(CompletionBody, await read_json(request))
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ApiError(400, "send one prompt per request", param="prompt", code="invalid_value")
-        prompt = prompt[0]
-    if not prompt:
-        raise ApiError(400, "the prompt is empty", param="prompt", code="invalid_value")
-    target = target_for(body.model, engine_or_503(request), prompt)
-    for name, bad in (("echo", body.echo), ("logprobs", body.logprobs), ("suffix", body.suffix)):
-        if bad:
-            raise ApiError(400, f"{name} is not supported", param=name, code="unsupported_parameter")
-    settings = settings_for(body, target, request.app.state.config.max_tokens_limit, body.max_tokens)
-    return await _answer(request, body, target, prompt, settings, chat=False)
+    todo = plan_completion(body, lambda: engine_or_503(request), request.app.state.config.max_tokens_limit)
+    return await _answer(request, body, todo, chat=False)
 
 
-async def _answer(request: Request, body, target, prompt, settings, chat: bool):
-    backend, queue = request.app.state.backend, request.app.state.queue
+async def _answer(request: Request, body, todo: Planned, chat: bool):
+    backend, queue, target = request.app.state.backend, request.app.state.queue, todo.target
     try:
-        ticket, chunks = queue.submit(generation_job(backend, target, prompt, settings), label=target.id)
+        ticket, chunks = queue.submit(generation_job(backend, target, todo.prompt, todo.settings), label=target.id)
     except QueueFull as e:
         raise ApiError(503, str(e), "server_error", code="queue_full",
                        headers={"Retry-After": str(e.retry_after)}) from None
