@@ -56,7 +56,7 @@ if job["no_mount"]:
     assert libc.prctl(38, 1, 0, 0, 0) == 0  # no_new_privs, required for an unprivileged filter
     assert libc.prctl(22, 2, ctypes.create_string_buffer(prog), 0, 0) == 0, os.strerror(ctypes.get_errno())
 from dataclasses import asdict
-from app.bench.sandbox import run_python
+from app.bench.sandbox import check_program, run_python
 out = {}
 for case in job["cases"]:
     if case["kind"] == "check":
