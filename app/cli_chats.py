@@ -2,6 +2,8 @@
 list|show|export|delete|bench`. The same store as the app (app/chats.py), so a chat started in one
 continues in the other."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import importlib
 import json

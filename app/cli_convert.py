@@ -4,6 +4,8 @@ They join the `models` and `adapters` groups that app/cli_core.py creates (it ca
 `add_commands` with those groups' subparsers).
 """
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import sys
 

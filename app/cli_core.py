@@ -1,5 +1,7 @@
 """Core commands: ask, adapters, info, models."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import sys
 import threading

@@ -1,6 +1,8 @@
 """Auto and mixes on the command line: `loradesk route` and `adapters export-mix` (a mix written
 as one PEFT adapter for other servers); `ask --task auto` and `ask --mix` are planned by app.plan."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import json
 import sys

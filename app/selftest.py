@@ -9,6 +9,8 @@ app itself opening and loading a tiny model. Exits 0 only when all of it worked.
 exercised, not just imported: a bundle missing MLX's compiled kernels fails here.
 """
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import functools
 import os
