@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from app import paths
-from app.engine.base import EngineError
+from app.errors import EngineError
 from app.jsonfile import _notify
 
 BUSY_MS = 10_000  # how long a writer waits for the other one; a turn's write takes milliseconds

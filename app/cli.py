@@ -12,6 +12,7 @@ import os
 import sys
 
 # Modules that add subcommands; a missing optional module (e.g. no Qt in a server install) is skipped.
+# All are imported to build the parser, so they import the app's layers inside their commands.
 COMMAND_MODULES = (
     "app.cli_core",      # ask, adapters, info, models
     "app.cli_route",     # route, adapters export-mix (after cli_core: joins its adapters group)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.print_help()
             return 0
-    from app.engine.base import EngineError
+    from app.errors import EngineError
 
     try:
         return int(args.func(args) or 0)

@@ -2,7 +2,10 @@
 list|show|export|delete|bench`. The same store as the app (app/chats.py), so a chat started in one
 continues in the other."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
+import importlib
 import json
 import sys
 import time
@@ -201,25 +204,13 @@ def cmd_bench(args) -> int:
 
 
 def _time_app_open(store: ChatStore, chat_id: int) -> list[float]:
-    """A tab opening the chat (app/ui/chat_session.py), fresh each time; [] without Qt."""
+    """A tab opening the chat (app/ui/chat_session.py), fresh each time; [] without Qt. The GUI sits
+    above the command line, so it is found by name, as app.cli finds its optional command modules."""
     import os
 
     try:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        from PySide6.QtWidgets import QApplication
-
-        from app.ui.chat_session import ChatSession
+        time_tab_open = importlib.import_module("app.ui.chat_session").time_tab_open
     except ImportError:
         return []
-    app = QApplication.instance() or QApplication([])  # noqa: F841 - widgets need one
-    out = []
-    for i in range(8):
-        session = ChatSession("summarize", store)
-        t = time.perf_counter()
-        session.open(chat_id)
-        if i:  # the first one also sets up Qt's fonts and text layout, once per process
-            out.append(time.perf_counter() - t)
-        session.transcript.deleteLater()
-        session.panel.deleteLater()
-    return out
-    return 0
+    return time_tab_open(store, chat_id)

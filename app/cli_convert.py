@@ -4,6 +4,8 @@ They join the `models` and `adapters` groups that app/cli_core.py creates (it ca
 `add_commands` with those groups' subparsers).
 """
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import sys
 
@@ -11,7 +13,7 @@ from app.engine import ENGINES as ENGINE_CHOICES
 
 
 def add_commands(models_sub, adapters_sub) -> None:
-    from app.engine.store import EXPORT_FORMATS
+    from app.store import EXPORT_FORMATS
     from app.tasks import task_names
 
     ip = models_sub.add_parser("import", help="import a GGUF model file: kept as it is for llamacpp, "
@@ -43,7 +45,7 @@ def cmd_models_import(args) -> int:
 
 
 def cmd_adapters_export(args) -> int:
-    from app.engine.store import export
+    from app.store import export
 
     print(export(args.task, args.out, args.format, base_model=args.base_model))
     return 0

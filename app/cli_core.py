@@ -1,8 +1,12 @@
 """Core commands: ask, adapters, info, models."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import sys
 import threading
+
+from app.format import human_bytes
 
 
 def register(sub, common):
@@ -83,7 +87,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_ask(args) -> int:
-    from app.cli_route import ask_plan
+    from app.plan import answer, parse_mix_arg, plan
     from app.session import open_session
 
     text = _read_text(args.text)
@@ -92,30 +96,31 @@ def cmd_ask(args) -> int:
         from app.cli_chats import ChatTurn
 
         chat = ChatTurn.open(args)  # fills in --task from the conversation
-    plan = ask_plan(args, text, parse_options(args.option))  # task, auto or mix; validated before loading
-    messages = chat.messages(plan.messages) if chat else plan.messages
-    settings = plan.settings.replace(max_tokens=args.max_tokens, temperature=args.temperature)
-    if plan.note:
-        print(plan.note, file=sys.stderr)
-    session = open_session(args.model, args.engine, tasks=plan.tasks, with_adapters=bool(plan.tasks), force=args.force)
+    mix = parse_mix_arg(args.mix) if getattr(args, "mix", None) else None
+    # task, auto or mix; validated before loading
+    todo = plan(text, args.task, mix, args.no_adapter, parse_options(args.option))
+    messages = chat.messages(todo.messages) if chat else todo.messages
+    settings = todo.settings.replace(max_tokens=args.max_tokens, temperature=args.temperature)
+    if todo.note:
+        print(todo.note, file=sys.stderr)
+    session = open_session(args.model, args.engine, tasks=todo.tasks, with_adapters=bool(todo.tasks), force=args.force)
     engine = session.engine
-    engine.activate(plan.selection(engine))
     if chat:
         messages = chat.fit(engine, messages, settings.max_tokens)
     cancel = threading.Event()
-    last, answer = None, []
-    try:
-        for chunk in engine.stream_generate(messages, settings, cancel):
+    last, text_out = None, []
+    try:  # one answer and the process ends: the adapter stays active for --stats and the chat record
+        for chunk in answer(engine, todo.selection(engine), messages, settings, cancel, restore=False):
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
             last = chunk
-            answer.append(chunk.text)
+            text_out.append(chunk.text)
     except KeyboardInterrupt:
         cancel.set()
         raise
     sys.stdout.write("\n")
     if chat:
-        chat.save(text, plan, engine, settings, "".join(answer), last)
+        chat.save(text, todo, engine, settings, "".join(text_out), last)
     if last is not None and last.truncated_tokens:
         print(f"note: the input was {last.truncated_tokens} tokens too long for the model's context; its end was "
               "cut (the start is kept)", file=sys.stderr)
@@ -127,59 +132,9 @@ def cmd_ask(args) -> int:
     return 0
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def adapter_rows(every: bool = False) -> list[dict]:
-    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app.
-    With `every`, also a row for each other stored adapter of the task; `active` marks the one in use."""
-    from app.engine.adapter_format import read_adapter
-    from app.engine.base import EngineError
-    from app.engine.store import adapter_folder, current, list_adapters, shipped_rows
-    from app.tasks import task_names
-
-    def facts(row: dict, folder, source: str) -> dict:
-        try:
-            w = read_adapter(folder)
-            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
-                       size=_size(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
-                       source=source, metadata=w.metadata)
-        except EngineError as e:
-            row.update(name=folder.name, source=f"unusable: {e}")
-        return row
-
-    rows = []
-    for task in task_names():
-        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": "",
-               "active": False}
-        try:
-            folder = adapter_folder(task)
-        except EngineError as e:
-            folder, row["source"] = None, str(e)
-        if folder is None:
-            shipped = [facts({**row}, f, f"shipped with LoRA Desk (used when {base} is loaded)")
-                       for base, f in shipped_rows(task)]
-            if shipped:
-                rows += shipped
-                continue
-            row["source"] = row["source"] or f"none (loradesk train --task {task})"
-        else:
-            stored = current(task)
-            row["active"] = True
-            facts(row, folder, stored.source if stored and stored.path == folder else str(folder))
-        rows.append(row)
-        if every:
-            for a in list_adapters(task):
-                if a.path != folder and a.path.exists():
-                    rows.append(facts({"task": task, "active": False}, a.path, a.source))
-    return rows
-
-
 def cmd_adapters_list(args) -> int:
+    from app.store import adapter_rows
+
     rows = adapter_rows(every=True)
     head = ("", "task", "adapter", "format", "rank", "size", "base model", "source")
     table = [head] + [("*" if r["active"] else "", r["task"], r["name"] or "-", r["format"], str(r["rank"]),
@@ -192,7 +147,7 @@ def cmd_adapters_list(args) -> int:
 
 
 def cmd_adapters_add(args) -> int:
-    from app.engine import store
+    from app import store
 
     from app.session import choose_engine, choose_model
 
@@ -205,7 +160,7 @@ def cmd_adapters_add(args) -> int:
 
 
 def cmd_adapters_remove(args) -> int:
-    from app.engine import store
+    from app import store
 
     store.remove(args.task, args.name)
     print(f"removed adapter {args.name!r} of task {args.task}")
@@ -234,7 +189,7 @@ def cmd_info(args) -> int:
             versions.append(f"{pkg} -")
     print("versions: " + ", ".join(versions))
     if not args.no_load:
-        from app.engine.base import EngineError
+        from app.errors import EngineError
         from app.session import open_session
 
         try:
@@ -247,9 +202,9 @@ def cmd_info(args) -> int:
             return 0
         info = s.engine.model_info
         print(f"device:   {getattr(s.engine, 'device', 'cpu' if kind == 'torch' else 'mlx default')}")
-        print(f"loaded:   {info.path} ({info.model_type}, {info.quantization or 'unquantized'}, {_size(info.bytes)})")
+        print(f"loaded:   {info.path} ({info.model_type}, {info.quantization or 'unquantized'}, {human_bytes(info.bytes)})")
         for name, a in s.engine.adapters.items():
-            print(f"adapter:  {name}: {a.format}, rank {a.rank}, {a.modules} layers, {_size(a.bytes)}")
+            print(f"adapter:  {name}: {a.format}, rank {a.rank}, {a.modules} layers, {human_bytes(a.bytes)}")
         for task, why in s.problems.items():
             print(f"adapter:  {task}: {why}")
         if hasattr(s.engine, "merge_status"):
@@ -258,7 +213,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models, shipped_tasks
+    from app.model_choices import DEFAULT_INDEX, SUPPORTED
+    from app.models import local_repo_folder, registered_models, shipped_tasks
 
     from app.session import choose_engine
 

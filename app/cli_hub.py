@@ -4,6 +4,8 @@ They join the `adapters` group that app/cli_core.py creates. Each needs the netw
 unreachable, it says so in one line and exits 2 (app.cli turns EngineError into that).
 """
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import sys
 
@@ -52,7 +54,7 @@ def _model(args) -> str:
 
 
 def _size(n: int) -> str:
-    from app.ui.format import human_bytes  # Qt-free
+    from app.format import human_bytes
 
     return human_bytes(n)
 

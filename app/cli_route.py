@@ -1,14 +1,12 @@
-"""Auto and mixes on the command line: `loradesk route`, `ask --task auto`, `ask --mix`, and
-`adapters export-mix` (a mix written as one PEFT adapter for other servers)."""
+"""Auto and mixes on the command line: `loradesk route` and `adapters export-mix` (a mix written
+as one PEFT adapter for other servers); `ask --task auto` and `ask --mix` are planned by app.plan."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-
-AUTO = "auto"
-
 
 def register(sub, common):
     r = sub.add_parser("route", help="which task Auto picks for a prompt, and how sure it is (no model is loaded)")
@@ -31,31 +29,8 @@ def register(sub, common):
 
 
 # -- route --------------------------------------------------------------------------------------
-def read_jsonl(path: str | Path, need=("prompt",)) -> list[dict]:
-    """JSON objects, one a line ('-': stdin); a bad line is an error naming its number."""
-    if str(path) == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-        missing = [k for k in need if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-        if missing:
-            raise ValueError(f"{path}:{i}: expected an object with a string {missing[0]!r}, got {line[:80]!r}")
-        rows.append(row)
-    return rows
-
-
 def cmd_route(args) -> int:
+    from app.jsonfile import read_jsonl
     from app.router import default_router
 
     router = default_router()
@@ -81,73 +56,14 @@ def cmd_route(args) -> int:
     return 0
 
 
-# -- ask --task auto / --mix ---------------------------------------------------------------------
-@dataclass
-class AskPlan:
-    """What `ask` runs: the chat messages, settings, the adapters to load and which to activate."""
-
-    messages: list[dict]
-    settings: object  # GenerationSettings
-    tasks: list[str]  # adapters to load (named after their tasks)
-    mix: dict[str, float] = field(default_factory=dict)  # {} unless --mix
-    note: str = ""  # said on stderr (Auto's choice)
-    task: str = ""  # the task whose prompt it is ("" for Auto's general chat)
-
-    def selection(self, engine):
-        """The argument for engine.activate: the mix, the task's adapter, or None (base model)."""
-        if self.mix:
-            return self.mix
-        return self.tasks[0] if self.tasks and self.tasks[0] in engine.adapters else None
-
-
-def parse_mix_arg(text: str) -> dict[str, float]:
-    """--mix TASK=W,...: a clear error for bad syntax or a name that is no task."""
-    from app.engine.mix import parse
-    from app.tasks import task_names
-
-    weights = parse(text)
-    unknown = [n for n in weights if n not in task_names()]
-    if unknown:
-        raise ValueError(f"--mix {text!r}: {', '.join(map(repr, unknown))} is not a task; the adapters are "
-                         f"named after their tasks: {', '.join(task_names())}")
-    return weights
-
-
-def ask_plan(args, text: str, options: dict) -> AskPlan:
-    """The plan for `ask`: --task TASK, --task auto (the router picks), or --mix (validated before
-    any model loads)."""
-    from app.router import NONE, default_router, plan
-    from app.tasks import get_task
-
-    mix = parse_mix_arg(args.mix) if getattr(args, "mix", None) else {}
-    if mix and args.no_adapter:
-        raise ValueError("--mix and --no-adapter contradict each other; give one")
-    name = args.task
-    note = ""
-    if name == AUTO:
-        r = default_router().route(text)
-        note = f"auto: {r.task} ({r.confidence:.0%})"
-        if r.task == NONE:
-            if mix:
-                raise ValueError("Auto chose general chat (no task) for this prompt; give --task with --mix")
-            _, messages, settings = plan(r, text)
-            return AskPlan(messages, settings, [], note=note, task=NONE)
-        name = r.task
-    if name is None:
-        if not mix:
-            raise ValueError("say what to run: --task TASK, --task auto, or --mix TASK=W,...")
-        name = max(mix, key=lambda n: mix[n])  # the prompt of the heaviest adapter's task
-    task = get_task(name)
-    messages = task.messages(text, **options)
-    tasks = [] if args.no_adapter else (list(mix) if mix else [task.name])
-    return AskPlan(messages, task.generation, tasks, mix, note, task.name)
-
-
 # -- adapters export-mix --------------------------------------------------------------------------
 def cmd_export_mix(args) -> int:
-    from app.engine.adapter_format import read_adapter, write_peft
+    from app.engine.adapter_format import read_adapter
+    from app.engine.adapter_write import write_peft
     from app.engine.mix import merge
-    from app.engine.store import adapter_folder
+    from app.store import adapter_folder
+
+    from app.plan import parse_mix_arg
 
     weights = parse_mix_arg(args.mix)
     if not weights:

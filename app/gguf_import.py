@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from app import paths
-from app.engine.base import EngineError
+from app.errors import EngineError
+from app.models import GGUF_SUFFIX, register_model, registered_models
+from app.names import check_name
 
 # Architectures the product's engines, adapters and chat templates are built and tested for.
 SUPPORTED_ARCHS = ("qwen2", "llama", "gemma2")
@@ -98,8 +100,6 @@ def _mlx_available() -> bool:
 def keep_gguf(info: GGUFInfo, name: str, say: Callable[[str], None] = print) -> dict[str, Path]:
     """The llamacpp engine's import: the GGUF itself, as it is, placed in the store (a hard link
     where the disk allows, else a copy through a temp folder) and registered as NAME-gguf."""
-    from app.models import GGUF_SUFFIX, register_model, registered_models
-
     store = paths.models_dir()
     dest = store / (name + GGUF_SUFFIX)
     if dest.exists() or name + GGUF_SUFFIX in registered_models():
@@ -127,9 +127,6 @@ def import_gguf(path: str | Path, name: str | None = None, mlx: bool | None = No
     """Import a GGUF file into the model store; returns {registered name: folder}. For the llamacpp
     engine the file is kept as it is; for torch (and MLX) it is dequantized into an HF folder."""
     from app.engine.convert import dequantize_gguf, quantize_mlx
-    from app.models import register_model, registered_models
-    from app.names import check_name
-
     info = inspect_gguf(path)
     name = name or default_name(info.path)
     check_name(name, "model")

@@ -21,6 +21,8 @@ from typing import Callable
 
 from tqdm.std import tqdm
 
+from app.errors import EngineError, ModelUnavailable
+
 SPEED_WINDOW_S = 5.0  # speed is measured over the last few seconds, so the ETA follows the network
 
 
@@ -143,8 +145,6 @@ def snapshot(repo_id: str, folder: Path, progress: ProgressFn | None = None, can
         GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
-    from app.models import ModelUnavailable
-
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelUnavailable(offline_message(repo_id, folder))
     try:
@@ -187,3 +187,41 @@ def snapshot(repo_id: str, folder: Path, progress: ProgressFn | None = None, can
     finally:
         finished.set()
     return folder
+
+
+class HubUnavailable(EngineError):
+    """The Hub cannot be reached (offline, no connection) or refused the request."""
+
+
+# -- the network edge of the Hub commands (adapters search, get, push) ------------------------------------
+def check_online(what: str) -> None:
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or constants.HF_HUB_OFFLINE:
+        raise HubUnavailable(f"{what} needs the network, and HF_HUB_OFFLINE=1 is set; unset it and try again")
+
+
+def network_error(what: str, e: Exception) -> EngineError:
+    """One clear line for whatever huggingface-hub or httpx raised."""
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    if isinstance(e, (EngineError, ValueError, Cancelled)):
+        return e
+    if isinstance(e, OfflineModeIsEnabled):
+        return HubUnavailable(f"{what} needs the network, and huggingface-hub is in offline mode (HF_HUB_OFFLINE)")
+    if isinstance(e, RevisionNotFoundError):
+        return HubUnavailable(f"{what}: no such revision on the Hugging Face hub")
+    if isinstance(e, GatedRepoError):
+        return HubUnavailable(f"{what}: the repo is gated; accept its licence on huggingface.co and log in "
+                              "(hf auth login)")
+    if isinstance(e, RepositoryNotFoundError):
+        return HubUnavailable(f"{what}: the repo does not exist on the Hugging Face hub (or is private)")
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else "?"
+        if status in (401, 403):
+            return HubUnavailable(f"{what}: the Hugging Face hub refused the request (HTTP {status}); log in with "
+                                  "a token that may write there (hf auth login, or HF_TOKEN)")
+        return HubUnavailable(f"{what}: the Hugging Face hub answered HTTP {status}")
+    return HubUnavailable(f"{what} needs the network: cannot reach the Hugging Face hub ({type(e).__name__})")

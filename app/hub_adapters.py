@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -25,13 +24,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app import paths
-from app.engine.adapter_format import (
-    METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, base_model_key, check_against_model, check_base_model,
-    fingerprint_of, read_adapter,
-)
-from app.engine.base import AdapterError, EngineError
-from app.hub import Cancelled, ProgressFn
+from app import hub, models, paths, store
+from app.engine.adapter_check import check_against_model
+from app.engine.adapter_format import read_adapter
+from app.engine.base_model import base_model_key, check_base_model, repo_id_of
+from app.engine.lora import METADATA_FILE, MLX_WEIGHTS, PEFT_WEIGHTS, PICKLE_SUFFIXES, fingerprint_of
+from app.errors import AdapterError
+from app.hub import Cancelled, HubUnavailable, ProgressFn, check_online, network_error  # noqa: F401 - HubUnavailable: part of this API
+from app.models import local_repo_folder
+from app.names import check_name
 from app.tasks import get_task
 
 ADAPTER_FILES = ("adapter_config.json", PEFT_WEIGHTS, MLX_WEIGHTS)
@@ -40,25 +41,18 @@ SEARCH_THREADS = 8
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-class HubUnavailable(EngineError):
-    """The Hub cannot be reached (offline, no connection) or refused the request."""
-
-
 # -- which base model, and what its layers look like ---------------------------------------------------
 def base_repo(model_ref: str | None, base: str | None = None) -> str:
     """The hub repo id of the original weights behind `model_ref` (MLX and GGUF conversions of a
     supported model map to it), or `base` when given. A local folder or GGUF that does not name its
     model needs `base`."""
-    from app import models
-    from app.engine.adapter_format import _model_name
-
     if base:
         return base.strip()
     ref = str(model_ref or "")
     for m in (*models.SUPPORTED, models.MISTRAL_7B):
         if ref in (m.torch_repo, m.mlx_repo, m.gguf_repo):
             return m.torch_repo
-    name = _model_name(ref) if ref else None  # a repo id, or our download folder of one
+    name = repo_id_of(ref) if ref else None  # a repo id, or our download folder of one
     if name and not name.lower().endswith("gguf"):
         for m in (*models.SUPPORTED, models.MISTRAL_7B):
             if name in (m.mlx_repo, m.gguf_repo):
@@ -71,7 +65,7 @@ def base_repo(model_ref: str | None, base: str | None = None) -> str:
 def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
     """(in, out) of each adaptable linear layer, from a config.json (the logical shapes: a 4-bit copy
     packs them but adapts the same layers)."""
-    from app.tiny import linear_shapes_from_config  # the one copy of this arithmetic
+    from app.engine.adapter_check import linear_shapes_from_config  # the one copy of this arithmetic
 
     return linear_shapes_from_config(config.get("text_config", config))
 
@@ -79,8 +73,6 @@ def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
 def base_config(model_ref: str | None, repo: str) -> dict | None:
     """The base model's config.json: from the model's folder when it is on this machine, else the
     Hub's copy (a few KB); None when neither can be read (a gated repo, say)."""
-    from app.models import local_repo_folder
-
     for folder in [Path(str(model_ref)).expanduser()] if model_ref else []:
         if folder.is_file():
             folder = folder.parent
@@ -95,40 +87,7 @@ def base_config(model_ref: str | None, repo: str) -> dict | None:
         return None
 
 
-# -- network edge ----------------------------------------------------------------------------------------
-def check_online(what: str) -> None:
-    from huggingface_hub import constants
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or constants.HF_HUB_OFFLINE:
-        raise HubUnavailable(f"{what} needs the network, and HF_HUB_OFFLINE=1 is set; unset it and try again")
-
-
-def network_error(what: str, e: Exception) -> EngineError:
-    """One clear line for whatever huggingface-hub or httpx raised."""
-    from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
-    )
-
-    if isinstance(e, (EngineError, ValueError, Cancelled)):
-        return e
-    if isinstance(e, OfflineModeIsEnabled):
-        return HubUnavailable(f"{what} needs the network, and huggingface-hub is in offline mode (HF_HUB_OFFLINE)")
-    if isinstance(e, RevisionNotFoundError):
-        return HubUnavailable(f"{what}: no such revision on the Hugging Face hub")
-    if isinstance(e, GatedRepoError):
-        return HubUnavailable(f"{what}: the repo is gated; accept its licence on huggingface.co and log in "
-                              "(hf auth login)")
-    if isinstance(e, RepositoryNotFoundError):
-        return HubUnavailable(f"{what}: the repo does not exist on the Hugging Face hub (or is private)")
-    if isinstance(e, HfHubHTTPError):
-        status = e.response.status_code if e.response is not None else "?"
-        if status in (401, 403):
-            return HubUnavailable(f"{what}: the Hugging Face hub refused the request (HTTP {status}); log in with "
-                                  "a token that may write there (hf auth login, or HF_TOKEN)")
-        return HubUnavailable(f"{what}: the Hugging Face hub answered HTTP {status}")
-    return HubUnavailable(f"{what} needs the network: cannot reach the Hugging Face hub ({type(e).__name__})")
-
-
+# -- the Hub's cache for searches ------------------------------------------------------------------------
 def _cache() -> Path:
     return paths.home() / "hub-cache"  # adapter configs and base configs read during searches
 
@@ -349,7 +308,7 @@ def _examine(info, task: str, base: str, shapes) -> tuple[HubAdapter | None, str
 # -- get ---------------------------------------------------------------------------------------------------
 @dataclass
 class GetResult:
-    entry: object  # app.engine.store.StoredAdapter
+    entry: object  # app.store.StoredAdapter
     repo: str
     revision: str  # the commit downloaded
     files: dict[str, str]  # file -> sha256
@@ -381,9 +340,6 @@ def get(spec: str, task: str, model_ref: str | None = None, base: str | None = N
         force: bool = False, progress: ProgressFn | None = None, cancel=None) -> GetResult:
     """Download REPO[@REVISION] (one commit, resumable), validate it and register it for `task`."""
     from huggingface_hub import HfApi
-
-    from app import hub
-    from app.names import check_name
 
     get_task(task)
     repo, revision = parse_spec(spec)
@@ -425,8 +381,6 @@ def get(spec: str, task: str, model_ref: str | None = None, base: str | None = N
 def _register(stage: Path, names: dict, repo: str, sha: str, revision, info, task: str, name: str, model_ref,
               base_id: str, force: bool):
     """Check a downloaded adapter (hashes, format, shapes, base model) and register it."""
-    from app.engine import store
-
     files = {}
     for f in sorted(p for p in stage.iterdir() if p.is_file()):
         files[f.name] = _sha256(f)

@@ -8,9 +8,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.adapter_format import METADATA_FILE, read_adapter
-from app.engine.base import AdapterError
-from app.hub_adapters import HubUnavailable, base_repo, check_online, network_error, parse_spec
+from app import store
+from app.bench.evals import EVALS
+from app.engine.adapter_format import read_adapter
+from app.engine.lora import METADATA_FILE
+from app.errors import AdapterError
+from app.hub import HubUnavailable, check_online, network_error
+from app.hub_adapters import base_repo, parse_spec
 from app.tasks import get_task
 
 PUSH_TAG = "loradesk"
@@ -27,8 +31,6 @@ class PushResult:
 
 def _bench_rows(task: str, results_file: Path) -> tuple[list[dict], dict]:
     """The benchmark runs of `task`'s evals in a bench-out results.json, and its settings."""
-    from app.bench.evals import EVALS
-
     try:
         results = json.loads(Path(results_file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -132,7 +134,6 @@ def push(task: str, repo: str, private: bool = True, base: str | None = None,
     """Upload `task`'s adapter in use to `repo` in PEFT format, with a model card."""
     from huggingface_hub import HfApi, get_token
 
-    from app.engine import store
 
     get_task(task)
     parse_spec(repo)

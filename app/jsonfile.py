@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from app.engine.base import EngineError
+from app.errors import EngineError
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30.0  # seconds; writers hold the lock for milliseconds
@@ -126,3 +127,27 @@ class JsonFile:
             why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
             raise SaveError(f"could not save {self.what} ({self.path}): {why}; it is unchanged. "
                               "Free some space and try again.") from None
+
+
+def read_jsonl(path: str | Path, need=("prompt",)) -> list[dict]:
+    """JSON objects, one a line ('-': stdin); a bad line is an error naming its number."""
+    if str(path) == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+        missing = [k for k in need if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{i}: expected an object with a string {missing[0]!r}, got {line[:80]!r}")
+        rows.append(row)
+    return rows

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from app.engine.base import EngineError
+from app.errors import EngineError
 
 # Windows device names: a file called CON or nul.txt cannot be created there.
 _DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}

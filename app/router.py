@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.jsonfile import read_jsonl
 from app.paths import resources_dir
+from app.tasks import task_names
 
 NONE = "none"  # general chat: answered by the base model, no adapter
 WEIGHTS = resources_dir() / "router" / "router.npz"  # the bundle's own copy when frozen
@@ -138,8 +140,6 @@ class Router:
 @lru_cache(maxsize=1)
 def default_router() -> Router:
     """The shipped router, checked against the task list (one source of truth: app/tasks.py)."""
-    from app.tasks import task_names
-
     r = Router.load()
     expected = set(task_names()) | {NONE}
     if set(r.labels) != expected:
@@ -153,14 +153,19 @@ def route(text: str) -> Route:
     return default_router().route(text)
 
 
-def plan(r: Route, text: str, engine=None, options: dict | None = None):
-    """What Auto runs for a routed prompt: (adapter or None, chat messages, settings). A task gets
-    its adapter (when the engine holds one) and its own prompt and settings, as its tab sends them;
-    NONE is the base model with the prompt as typed."""
-    from app.tasks import GenerationSettings, get_task
+# -- the held-out set and the router's score on it (training/router.py --check, bench route) ---------
+HELDOUT = resources_dir() / "router" / "heldout.jsonl"
 
-    if r.task == NONE:
-        return None, [{"role": "user", "content": text}], GenerationSettings(max_tokens=512)
-    task = get_task(r.task)
-    adapter = r.task if engine is not None and r.task in engine.adapters else None
-    return adapter, task.messages(text, **(options or {})), task.generation
+
+def heldout(path: str | Path = HELDOUT) -> list[dict]:
+    """{"prompt", "task"} rows (extra keys kept)."""
+    return read_jsonl(path, need=("prompt", "task"))
+
+
+def accuracy(router, items: list[dict]) -> tuple[float, np.ndarray, list[str]]:
+    """Share of items routed to their task, and the confusion matrix (rows: true, columns: routed)."""
+    labels = router.labels
+    confusion = np.zeros((len(labels), len(labels)), dtype=int)
+    for item in items:
+        confusion[labels.index(item["task"]), labels.index(router.route(item["prompt"]).task)] += 1
+    return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion, labels

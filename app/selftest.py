@@ -9,6 +9,8 @@ app itself opening and loading a tiny model. Exits 0 only when all of it worked.
 exercised, not just imported: a bundle missing MLX's compiled kernels fails here.
 """
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import functools
 import os
@@ -35,13 +37,13 @@ def tiny_model_for(kind: str, root: Path) -> Path:
 
 
 def check_engine(kind: str, root: Path, log) -> None:
-    from app.engine import create_engine
+    from app.session import new_engine
     from app.tiny import write_random_adapter
 
     gguf_or_hf = tiny_model_for(kind, root)
     model = root / "model"
     adapters = {n: write_random_adapter(model, root / n, seed=s) for n, s in (("math", 21), ("code", 22))}
-    eng = create_engine(kind)
+    eng = new_engine(kind)
     eng.load(gguf_or_hf)
     for name, folder in adapters.items():
         eng.add_adapter(name, folder, force=True)  # made for the same tiny model, in another format
@@ -90,7 +92,7 @@ def check_training(kind: str, root: Path, log) -> None:
     that the engine then loads: training, its checkpoints and the adapter writers all work."""
     import json
 
-    from app.engine import create_engine
+    from app.session import new_engine
     from app.tiny import build_tiny_model
     from training import api
     from training.config import TrainConfig
@@ -107,7 +109,7 @@ def check_training(kind: str, root: Path, log) -> None:
     folder = api.train(cfg, callback=lambda r: losses.append(r.loss) if r.phase == "train" else None)
     if len(losses) != 4 or not all(x == x and x < 1e4 for x in losses):  # x == x: not NaN
         raise AssertionError(f"{kind} training reported {losses}")
-    eng = create_engine(kind)
+    eng = new_engine(kind)
     eng.load(model)
     eng.add_adapter("trained", folder)
     eng.activate("trained")
@@ -148,7 +150,7 @@ def check_jobs(log) -> None:
     re-entered through multiprocessing.freeze_support): one runs, reports and returns."""
     import threading
 
-    from app.ui.child_process import run_in_child  # Qt-free
+    from app.child_process import run_in_child
 
     reports = []
     value, pid = run_in_child("app.selftest:_child_job", (21,), reports.append, threading.Event(), what="self-test")

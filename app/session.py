@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from app import paths
 from app.engine import Engine, create_engine, default_engine
 from app.jsonfile import JsonFile
-from app.models import default_model
+from app.models import default_model, resolve_model
 
 
 def _settings() -> JsonFile:
@@ -21,6 +21,12 @@ def load_settings() -> dict:
 
 def save_settings(settings: dict) -> None:
     _settings().write(settings)
+
+
+def new_engine(kind: str) -> Engine:
+    """An empty engine that loads what the app names a model: a folder or file, a registered name,
+    or a hub repo id (downloaded once into the store)."""
+    return create_engine(kind, resolve=resolve_model)
 
 
 def choose_engine(kind: str | None) -> str:
@@ -58,10 +64,10 @@ class Session:
 
 def open_session(model: str | None = None, engine: str | None = None, tasks=None,
                  with_adapters: bool = True, warn=True, force: bool = False) -> Session:
-    from app.engine.store import load_task_adapters
+    from app.store import load_task_adapters
 
     kind = choose_engine(engine)
-    eng = create_engine(kind)
+    eng = new_engine(kind)
     eng.load(choose_model(model, kind))
     problems = load_task_adapters(eng, tasks, force=force) if with_adapters else {}
     if warn:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine.adapter_format import LoraModule, LoraWeights, fingerprint_of, write_mlx
+from app.engine.adapter_check import linear_shapes_from_config
+from app.engine.adapter_write import write_mlx
+from app.engine.lora import LoraModule, LoraWeights, fingerprint_of
+from app.tasks import load_tasks
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
@@ -23,8 +26,6 @@ ARCHS = ("qwen2", "llama", "gemma2")
 
 
 def _corpus() -> list[str]:
-    from app.tasks import load_tasks
-
     lines = []
     for t in load_tasks().values():
         lines += [t.system_prompt, t.user_template, t.example_input, t.example_output]
@@ -132,22 +133,6 @@ def build_tiny_model(out: str | Path, arch: str = "qwen2", seed: int = 0, hidden
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": cfg["eos_token_id"], "do_sample": False}))
     return out
-
-
-def linear_shapes_from_config(cfg: dict) -> dict[str, tuple[int, int]]:
-    """(in, out) of every attention/MLP projection, from a config.json (any of ARCHS)."""
-    h, i = cfg["hidden_size"], cfg["intermediate_size"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
-    shapes = {}
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}."
-        shapes.update({
-            p + "self_attn.q_proj": (h, q), p + "self_attn.k_proj": (h, kv), p + "self_attn.v_proj": (h, kv),
-            p + "self_attn.o_proj": (q, h), p + "mlp.gate_proj": (h, i), p + "mlp.up_proj": (h, i),
-            p + "mlp.down_proj": (i, h),
-        })
-    return shapes
 
 
 def random_adapter(

@@ -8,7 +8,9 @@ import pytest
 
 from app.cli import main
 from app.engine import create_engine
-from app.engine.adapter_format import LoraModule, LoraWeights, read_adapter, write_peft
+from app.engine.adapter_format import read_adapter
+from app.engine.adapter_write import write_peft
+from app.engine.lora import LoraModule, LoraWeights
 from app.tasks import get_task
 from app.tiny import random_adapter
 from tests.test_parity import write_real_peft_adapter

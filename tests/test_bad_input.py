@@ -6,11 +6,12 @@ import shutil
 
 import pytest
 
-from app import paths
+from app import paths, store
 from app.cli import main
-from app.engine import create_engine, store
-from app.engine.adapter_format import weights_digest
-from app.engine.base import AdapterError, EngineError
+from app.engine import create_engine
+from app.session import new_engine
+from app.engine.base_model import weights_digest
+from app.errors import AdapterError, EngineError
 
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
 LLAMA = "meta-llama/Llama-3.2-1B-Instruct"
@@ -40,7 +41,7 @@ def _made_for(src, out, base, **meta):
 @pytest.mark.parametrize("kind", ["mlx", "torch"])
 def test_adapter_for_another_base_with_the_same_shapes(kind, tiny_qwen, tiny_adapters, tmp_path):
     _downloaded(tiny_qwen)
-    e = create_engine(kind)
+    e = new_engine(kind)  # QWEN is a repo id: the app resolves it
     e.load(QWEN)
     src = tiny_adapters["qwen2"]["math"]
     wrong = _made_for(src, tmp_path / "llama-math", LLAMA)
@@ -76,8 +77,9 @@ def test_the_weights_hash_recognises_a_copied_model(tiny_qwen, tiny_adapters, tm
 
 def test_a_name_the_engine_read_from_the_model_is_compared(tiny_adapters, tmp_path):
     """What an engine passes when it knows the model's name from the file itself (a GGUF's general.name)."""
-    from app.engine.adapter_format import check_base_model, read_adapter
+    from app.engine.adapter_format import read_adapter
     from app.engine.base import ModelInfo
+    from app.engine.base_model import check_base_model
 
     named = ModelInfo(ref="Qwen2.5-0.5B-Instruct", path=None, model_type="qwen2", fingerprint={})
     src = tiny_adapters["qwen2"]["math"]

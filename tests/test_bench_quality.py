@@ -11,7 +11,7 @@ import pytest
 
 from app.bench import evals, metrics
 from app.bench.quality import QualityConfig, check_fits, read_results, run_quality
-from app.engine.base import EngineError
+from app.errors import EngineError
 
 DATA = Path(__file__).resolve().parent.parent / "resources" / "bench-sample"  # shipped: the self-test runs it too
 ALL_TASKS = "gsm8k,mathqa,humaneval,hellaswag,cnn_dailymail,arxiv,paraphrase"
@@ -92,7 +92,7 @@ def test_multiple_choice_scoring_uses_those_loglikelihoods(engine):
 
 
 def _store_adapters(tiny_adapters):
-    from app.engine import store
+    from app import store
 
     for task, folder in tiny_adapters["qwen2"].items():
         store.add(task, folder)
@@ -213,7 +213,7 @@ def test_corrupt_dataset_file_names_the_file(tmp_path):
 
 def test_model_too_big_fails_before_loading(tiny_qwen):
     check_fits(str(tiny_qwen), "mlx", available=10 ** 9)  # a few MB: fits
-    with pytest.raises(EngineError, match=r"needs about 14\.5 GB .* only 8\.0 GB"):
+    with pytest.raises(EngineError, match=r"needs about 18\.9 GB \(14\.5 GB of weights\) and 8\.0 GB is available"):
         check_fits("mistralai/Mistral-7B-Instruct-v0.3", "torch", available=8 * 10 ** 9)
 
 

@@ -1,7 +1,8 @@
 """What both engines promise through the shared Engine.activate / remove_adapter."""
 import pytest
 
-from app.engine import EngineError, create_engine
+from app.engine import create_engine
+from app.errors import EngineError
 from app.tasks import GenerationSettings, get_task
 
 GREEDY = GenerationSettings(max_tokens=12)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from app import store
 from app.cli import main
-from app.engine import store
 from training import api
 from training.config import TrainConfig
 from training.estimate import estimate

@@ -8,7 +8,7 @@ import pytest
 
 from app import paths
 from app.cli import main
-from app.engine import create_engine
+from app.session import new_engine
 from app.models import registered_models, resolve_model
 from app.tiny_gguf import write_tiny_gguf
 
@@ -34,16 +34,16 @@ def test_import_for_both_engines(tiny_qwen, ggufs, capsys):
     assert resolve_model("tiny-gguf", engine="torch") == paths.models_dir() / "tiny-gguf"
     assert resolve_model("tiny-gguf", engine="mlx") == paths.models_dir() / "tiny-gguf-mlx"
 
-    original = create_engine("torch")
+    original = new_engine("torch")
     original.load(tiny_qwen)
-    imported = create_engine("torch")
+    imported = new_engine("torch")
     imported.load("tiny-gguf")
     assert imported.encode(PROMPT) == original.encode(PROMPT)
     assert imported.chat_prompt([{"role": "user", "content": "What is 6 times 7?"}]) == PROMPT
     diff = np.abs(imported.next_token_logits(PROMPT) - original.next_token_logits(PROMPT)).max()
     assert diff < 1e-5  # F32 GGUF: a lossless round trip
 
-    mlx = create_engine("mlx")
+    mlx = new_engine("mlx")
     info = mlx.load("tiny-gguf")
     assert info.quantization == "4-bit (group 64)"
     logits = mlx.next_token_logits(PROMPT)
@@ -56,7 +56,7 @@ def test_import_quantized_gguf_torch_only(tiny_qwen, ggufs, capsys):
     assert set(registered_models()) == {"tiny-Q8_0"}
     config = json.loads((paths.models_dir() / "tiny-Q8_0" / "config.json").read_text())
     assert config["dtype"] == "bfloat16"  # dequantized values, stored at half the float32 size
-    original, imported = create_engine("torch"), create_engine("torch")
+    original, imported = new_engine("torch"), new_engine("torch")
     original.load(tiny_qwen)
     imported.load("tiny-Q8_0")
     a, b = imported.next_token_logits(PROMPT), original.next_token_logits(PROMPT)
@@ -78,7 +78,7 @@ def test_import_for_llamacpp_keeps_the_gguf_as_it_is(ggufs, capsys):
     assert "no conversion" in capsys.readouterr().err
     kept = paths.models_dir() / "q8-gguf" / ggufs["Q8_0"].name
     assert kept.read_bytes() == ggufs["Q8_0"].read_bytes() and set(registered_models()) == {"q8-gguf"}
-    e = create_engine("llamacpp")
+    e = new_engine("llamacpp")
     assert e.load("q8").path == kept and "Q8_0" in e.model_info.quantization
     with pytest.raises(Exception, match="imported as a GGUF only.*--engine torch"):
         resolve_model("q8", engine="torch")

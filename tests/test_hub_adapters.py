@@ -10,13 +10,15 @@ import threading
 import numpy as np
 import pytest
 
-from app import hub_adapters
+from app import hub_adapters, store
 from app.cli import main
-from app.engine import store
-from app.engine.adapter_format import METADATA_FILE, PEFT_WEIGHTS, read_adapter, write_peft
-from app.engine.base import AdapterError
+from app.engine.adapter_check import linear_shapes_from_config
+from app.engine.adapter_format import read_adapter
+from app.engine.adapter_write import write_peft
+from app.engine.lora import METADATA_FILE, PEFT_WEIGHTS
+from app.errors import AdapterError
 from app.hub import Cancelled
-from app.tiny import linear_shapes_from_config, random_adapter, random_adapter_for
+from app.tiny import random_adapter, random_adapter_for
 from fake_hub import BLOCK, SHA, FakeHub, card_metadata
 
 BASE = "someorg/tiny-base"

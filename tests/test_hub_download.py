@@ -9,7 +9,7 @@ import pytest
 
 from app import hub, models
 from app.hub import DownloadProgress
-from app.ui.format import progress_text
+from app.format import progress_text
 from fake_hub import BLOCK, FakeHub
 
 REPO = "someorg/tiny-model"

@@ -6,8 +6,9 @@ import threading
 import numpy as np
 import pytest
 
-from app.engine import AdapterError, EngineError, create_engine
+from app.engine import create_engine
 from app.engine.gguf_lora import CACHE_DIR
+from app.errors import AdapterError, EngineError
 from app.tasks import GenerationSettings, get_task
 
 pytest.importorskip("llama_cpp")
@@ -190,7 +191,8 @@ def test_a_gguf_lora_written_by_us_is_what_llamacpp_reads(tiny_models, tiny_gguf
     """The file's keys and tensor layout follow llama.cpp's converter."""
     import gguf
 
-    from app.engine.adapter_format import read_adapter, write_peft
+    from app.engine.adapter_format import read_adapter
+    from app.engine.adapter_write import write_peft
     from app.engine.gguf_lora import write_gguf_lora
     from app.tiny import random_adapter
 
@@ -270,7 +272,7 @@ def test_a_hub_repo_of_gguf_files_downloads_only_its_q4_k_m_file(monkeypatch, ti
         path = models.resolve_model("someorg/tiny-GGUF", engine="llamacpp")
         assert path.name == "tiny-q4_k_m.gguf" and path.read_bytes() == data
         assert not (path.parent / "tiny-f16.gguf").exists()  # the other quantization is never fetched
-        e = create_engine("llamacpp")
+        e = create_engine("llamacpp", resolve=models.resolve_model)
         assert e.load("someorg/tiny-GGUF").path == path  # a second time: from the store, no download
     assert not [p for _, p in fake.requests if "f16" in p]
 

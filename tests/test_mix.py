@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import EngineError, create_engine
-from app.engine import mix as mixing
-from app.engine.adapter_format import read_adapter, write_peft
+from app.engine import create_engine, mix as mixing
+from app.engine.adapter_format import read_adapter
+from app.engine.adapter_write import write_peft
+from app.errors import EngineError
 
 # No digits: the tiny tokenizer's digit merges differ between HF's BPE and llama.cpp's.
 TEXT = "<|im_start|>user\nWrite a short note about the sea and the sky.<|im_end|>\n<|im_start|>assistant\n"
@@ -177,7 +178,7 @@ def test_parse_reads_the_api_form_too():
 # -- command line ---------------------------------------------------------------------------------
 @pytest.fixture
 def stored(tiny_qwen, tiny_adapters):
-    from app.engine import store
+    from app import store
 
     for task in ("math", "code"):
         store.add(task, tiny_adapters["qwen2"][task], name=f"{task}-tiny", model=str(tiny_qwen), force=True)

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from app.engine import AdapterError, EngineError, create_engine
+from app.engine import create_engine
+from app.errors import AdapterError, EngineError
 from app.tasks import GenerationSettings, get_task
 
 GREEDY = GenerationSettings(max_tokens=16)

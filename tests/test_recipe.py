@@ -132,8 +132,9 @@ def test_the_recipe_trains_records_rows_and_reports(tiny_qwen, tmp_path, package
 def test_shipped_adapter_serves_its_base_model_only(tiny_qwen, tiny_adapters, tmp_path, monkeypatch):
     """A shipped adapter is used when the loaded model is its base (weights hash), not for another
     model of the same architecture; a user's own adapter takes precedence."""
-    from app.engine import create_engine, store
-    from app.engine.adapter_format import weights_digest
+    from app import store
+    from app.engine import create_engine
+    from app.engine.base_model import weights_digest
     from app.tasks import ShippedAdapter, get_task
 
     shipped = tmp_path / "records" / "shipped" / "math-tiny"
@@ -172,7 +173,7 @@ def test_shipped_adapter_serves_its_base_model_only(tiny_qwen, tiny_adapters, tm
 def test_a_folder_made_from_a_gguf_or_mlx_copy_is_named_by_its_config(tmp_path):
     """transformers keeps a GGUF's general.name as `_model_name_or_path` (mlx-lm's convert keeps it
     too): such a folder is identified as its hub model; a path in `_name_or_path` names nothing."""
-    from app.engine.adapter_format import base_model_key, config_name
+    from app.engine.base_model import base_model_key, config_name
 
     folder = tmp_path / "hf"
     folder.mkdir()

@@ -19,7 +19,7 @@ def test_labels_are_the_tasks_plus_general_chat():
 
 
 def test_heldout_accuracy_with_general_chat_among_the_prompts():
-    from app.bench.route_bench import accuracy, heldout
+    from app.router import accuracy, heldout
 
     items = heldout()
     assert {it["task"] for it in items} == set(task_names()) | {NONE}
@@ -32,7 +32,7 @@ def test_heldout_accuracy_with_general_chat_among_the_prompts():
 
 
 def test_heldout_prompts_are_not_training_prompts():
-    from app.bench.route_bench import heldout
+    from app.router import heldout
     from training.router_data import training_prompts
 
     train = {t for t, _ in training_prompts()}
@@ -130,7 +130,7 @@ def test_bench_route_without_a_model(capsys):
 
 
 def test_ask_auto_routes_then_answers_with_the_task_prompt(tiny_qwen, tiny_adapters, capsys):
-    from app.engine import store
+    from app import store
 
     store.add("math", tiny_adapters["qwen2"]["math"], name="math", model=str(tiny_qwen), force=True)
     assert main(["ask", "--task", "auto", "--engine", "torch", "--model", str(tiny_qwen), "--max-tokens", "6",
@@ -197,7 +197,7 @@ def test_api_mix_answers_with_the_weighted_adapters(api):
 # -- the app's Auto tab -----------------------------------------------------------------------------
 def test_auto_tab_routes_shows_its_choice_overrides_and_mixes(qtbot, tiny_qwen, tiny_adapters):
     pytest.importorskip("pytestqt")
-    from app.engine import store
+    from app import store
     from app.ui.main_window import MainWindow
 
     for task in ("math", "code"):

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from app.engine import store
+from app import store
 from app.serve.api import Backend, ServeConfig, create_app
 from app.serve.queue import SerialExecutor
 from app.serve.runner import BackgroundServer

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from app import hub, models
-from app.engine import EngineError, store
-from app.engine.base import AdapterError
+from app import hub, models, store
+from app.errors import AdapterError, EngineError
 from app.jsonfile import pop_notices
 from app.names import BadName
 
@@ -82,7 +81,7 @@ def test_two_processes_registering_at_once_lose_nothing(tiny_adapters, loradesk_
     import subprocess
     import sys
 
-    script = ("import sys; from app.engine import store\n"
+    script = ("import sys; from app import store\n"
               "for i in range(50): store.add('math', sys.argv[1], name=f'{sys.argv[2]}-{i}')\n")
     env = {**os.environ, "LORADESK_HOME": str(loradesk_home)}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_adapters["qwen2"]["math"]), tag], env=env,

@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from app.engine import AdapterError, EngineError, create_engine
+from app.engine import create_engine
+from app.errors import AdapterError, EngineError
 from app.tasks import GenerationSettings, get_task
 
 GREEDY = GenerationSettings(max_tokens=16)
@@ -65,7 +66,8 @@ def test_matches_peft_set_adapter_and_disable_adapter(tiny_qwen, tiny_adapters, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from app.engine.adapter_format import read_adapter, write_peft
+    from app.engine.adapter_format import read_adapter
+    from app.engine.adapter_write import write_peft
 
     e = qwen_engine
     prompt = e.chat_prompt(MSGS)
@@ -119,7 +121,8 @@ def _bad_adapters(tmp_path, tiny_models, tiny_adapters) -> dict:
     bad = {}
     bad["wrong base"] = tiny_adapters["llama"]["math"]
     shape = tmp_path / "wrong-shape"
-    from app.engine.adapter_format import read_adapter, write_mlx, write_peft
+    from app.engine.adapter_format import read_adapter
+    from app.engine.adapter_write import write_mlx, write_peft
 
     w = read_adapter(good)
     name = next(iter(w.modules))

@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from app.engine import store
-from app.engine.adapter_format import METADATA_FILE, read_adapter
+from app import store
+from app.engine.adapter_format import read_adapter
+from app.engine.lora import METADATA_FILE
 from app.tasks import get_task
 from training import api
 from training.checkpoints import TrainingCancelled, resumable_runs
@@ -196,7 +197,7 @@ def test_resume_after_a_crash_uses_the_last_complete_checkpoint(tiny_qwen, memo_
 
 
 def test_resume_without_a_run_and_with_changed_data(tiny_qwen, memo_data):
-    from app.engine.base import EngineError
+    from app.errors import EngineError
 
     with pytest.raises(EngineError, match="no interrupted training of task 'math' to resume"):
         api.resume("math")
@@ -282,7 +283,7 @@ def test_bench_reads_mlx_lm_reports():
 
 
 def test_dora_trains_but_is_kept_out_of_the_store(tiny_qwen, memo_data):
-    from app.engine.base import AdapterError
+    from app.errors import AdapterError
 
     reports: list = []
     folder = api.train(config(tiny_qwen, "mlx", memo_data, iters=3, fine_tune_type="dora"), callback=reports.append)

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from app.engine import store  # noqa: E402
+from app import store  # noqa: E402
 from app.tasks import load_tasks  # noqa: E402
 
 TASKS = ("math", "code", "summarize", "paraphrase")
@@ -289,7 +289,7 @@ def test_a_model_that_will_not_fit_in_memory_is_refused_and_the_old_one_stays(qt
 
 
 def test_memory_check_counts_the_memory_the_old_model_gives_back():
-    from app.ui.engine_host import memory_check
+    from app.memory import memory_check
 
     gb = 10**9
     assert memory_check("m", 4 * gb, 0, factor=1.25, available=5 * gb) is None
@@ -328,7 +328,7 @@ def test_download_shows_progress_then_loads_and_can_be_cancelled(qtbot, tiny_qwe
     from fake_hub import FakeHub, repo_from_folder
 
     from app.models import local_repo_folder
-    from app.ui.format import human_bytes
+    from app.format import human_bytes
 
     repo, slow = "someorg/tiny-model", "someorg/tiny-slow"
     fake = FakeHub({repo: repo_from_folder(tiny_qwen), slow: repo_from_folder(tiny_qwen)}).use(monkeypatch)

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from app import store  # noqa: E402
 from app.chats import ChatStore, Message  # noqa: E402
 from app.conversation import with_history  # noqa: E402
-from app.engine import store  # noqa: E402
 from tests.test_ui_app import GEN_MS, LOAD_MS, WAIT_MS, generate, open_window, reference  # noqa: E402
 
 

@@ -105,7 +105,7 @@ def test_highlighter_colours_python(qtbot):
 
 
 def test_extract_code():
-    from app.ui.code_tab import extract_code
+    from app.code_blocks import extract_code
 
     assert extract_code("Here:\n```python\ndef f(x):\n    return x\n```\nDone.") == "def f(x):\n    return x"
     assert extract_code("```\nprint(1)\n```\n```py\nprint(2)\n```") == "print(1)\n\nprint(2)"
@@ -157,7 +157,7 @@ def test_loss_plot_and_bar_chart_draw(qtbot):
 # -- benchmark panel ------------------------------------------------------------------------------------
 def test_bench_panel_runs_a_tiny_benchmark_to_its_table(qtbot, tiny_qwen, tiny_adapters, tmp_path):
     """Cancel part-way, resume (done items are not rerun), then the milestone table and report."""
-    from app.engine import store
+    from app import store
     from app.ui.app import StallWatch
     from app.ui.main_window import MainWindow
 

@@ -17,8 +17,14 @@ import shutil
 import time
 from pathlib import Path
 
-from app.engine.adapter_format import METADATA_FILE, fingerprint_of, read_adapter, weights_digest
-from app.engine.base import EngineError
+from app import store
+from app.engine.adapter_format import read_adapter
+from app.engine.base_model import weights_digest
+from app.engine.lora import METADATA_FILE, fingerprint_of
+from app.errors import EngineError
+from app.models import resolve_model
+from app.session import choose_model, choose_training_engine
+from app.tasks import get_task
 from training.callbacks import Callback, Progress
 from training.checkpoints import RunDir, TrainingCancelled, new_run, resumable_runs
 from training.config import TrainConfig
@@ -47,9 +53,6 @@ def make_trainer(engine: str, config: TrainConfig, model_path: Path):
 
 
 def _resolve(config: TrainConfig) -> tuple[str, str, Path]:
-    from app.models import resolve_model
-    from app.session import choose_model, choose_training_engine
-
     engine = choose_training_engine(config.engine)
     ref = choose_model(config.model, engine)
     return engine, ref, resolve_model(ref, engine)
@@ -115,8 +118,6 @@ def resume(task: str, run_path: Path | None = None, callback: Callback | None = 
         raise EngineError(f"the run is already at step {start.step}; pass --iters above {start.step} to train longer")
     engine, ref, model_path = info["engine"], info["model"], Path(info["model_path"])
     if not model_path.exists():
-        from app.models import resolve_model
-
         model_path = resolve_model(ref, engine)
     trainer = make_trainer(engine, config, model_path)
     tokenizer = trainer.load()
@@ -169,16 +170,12 @@ def _fmt(x, spec=".3f") -> str:
 
 
 def prepared_messages(task_name: str, prepared: Prepared) -> dict[str, list[list[dict]]]:
-    from app.tasks import get_task
-
     task = get_task(task_name)
     return {"train": [e.messages(task) for e in prepared.train], "valid": [e.messages(task) for e in prepared.valid]}
 
 
 def _export(config, engine, ref, model_path, trainer, prepared, run, total, progress, wall) -> Path:
     """Write the adapter into a temp folder, describe it, check it reads back, then register it."""
-    from app.engine import store
-
     tmp = run.path / "adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -4,6 +4,8 @@ Training runs in a worker thread; Ctrl-C asks it to stop after the current step 
 checkpoint that `--resume` continues (a second Ctrl-C aborts at once).
 """
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import sys
 import threading

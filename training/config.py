@@ -10,6 +10,8 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+from app.tasks import get_task
+
 ENGINES = ("mlx", "torch")
 FINE_TUNE_TYPES = ("lora", "dora")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -77,8 +79,6 @@ class TrainConfig:
     """Register the trained adapter as the task's current one (store.add)."""
 
     def __post_init__(self):
-        from app.tasks import get_task
-
         get_task(self.task)  # unknown task -> ValueError listing the tasks
         self.data = tuple(str(d) for d in self.data)
         self.target_modules = tuple(self.target_modules)
@@ -121,8 +121,6 @@ class TrainConfig:
     @classmethod
     def for_task(cls, task: str, **overrides) -> "TrainConfig":
         """The record's [training] defaults for `task`, with `overrides` (None values ignored)."""
-        from app.tasks import get_task
-
         d = get_task(task).training
         base = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
         base.update({k: v for k, v in overrides.items() if v is not None})

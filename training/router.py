@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.router import BITS, NONE, WEIGHTS, Router, features
+from app.router import BITS, NONE, WEIGHTS, Router, accuracy, features, heldout
+from app.tasks import task_names
 from training.router_data import training_prompts
 
 STEPS = 150
@@ -24,8 +25,6 @@ L2 = 1e-4  # per-example penalty on the weights: keeps hashed collisions from do
 
 
 def labels() -> list[str]:
-    from app.tasks import task_names
-
     return task_names() + [NONE]
 
 
@@ -85,8 +84,6 @@ def main(argv=None) -> int:
     path = build(args.out)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
     if args.check:
-        from app.bench.route_bench import accuracy, heldout
-
         items = heldout()
         acc, confusion, names = accuracy(Router.load(path), items)
         print(f"held-out accuracy {acc:.1%} on {len(items)} prompts")

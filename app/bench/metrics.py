@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from app.code_blocks import extract_code  # the Code tab runs what the benchmark scores
+
 # -- GSM8K ---------------------------------------------------------------------------------------
 # lm-eval-harness gsm8k: "strict-match" takes the number after '#### '; "flexible-extract" the last
 # number-like run in the text. Both answers are then normalized by deleting ',' and '$', everything
@@ -120,22 +122,6 @@ def sentence_bleu_chrf(prediction: str, reference: str, source: str | None = Non
 
 
 # -- code ----------------------------------------------------------------------------------------
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
-
-
-def extract_code(answer: str, entry_point: str | None = None) -> str:
-    """The code in a model's answer: the fenced block that defines `entry_point` (else the first
-    fenced block); the whole answer when it has no fence."""
-    blocks = _FENCE.findall(answer)
-    if not blocks:
-        return answer
-    if entry_point:
-        for b in blocks:
-            if re.search(rf"def\s+{re.escape(entry_point)}\s*\(", b):
-                return b
-    return blocks[0]
-
-
 def humaneval_program(prompt: str, answer: str, entry_point: str) -> str:
     """The program to test: the prompt (imports, helpers, the stub) followed by the model's code.
     A full function definition from the model replaces the stub; a bare body continues it."""

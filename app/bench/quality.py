@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 from app.bench.evals import EVALS, DatasetUnavailable, EvalOptions, get_eval, select
-from app.engine.base import EngineError
+from app.errors import EngineError
+from app.memory import memory_check
+from app.model_choices import MISTRAL_7B, SUPPORTED
+from app.models import local_repo_folder, registered_models
+from app.session import Session, choose_engine, choose_model, new_engine, open_session
+from app.tasks import task_names
 
 CONFIGS = ("mistral-7b", "base", "adapter")
 DEFAULT_TASKS = tuple(EVALS)
@@ -92,16 +97,12 @@ def model_ref_for(config: str, slm: str, kind: str) -> str:
     if config in ("base", "adapter"):
         return slm
     if config == "mistral-7b":
-        from app.models import MISTRAL_7B
-
         return MISTRAL_7B.repo_for(kind)
     return config
 
 
 def weights_bytes(ref: str, kind: str) -> int | None:
     """Bytes of a model's weights without loading (or downloading) it; None when unknown."""
-    from app.models import MISTRAL_7B, SUPPORTED, local_repo_folder, registered_models
-
     folder = Path(ref).expanduser()
     if folder.is_file():
         return folder.stat().st_size  # a GGUF file
@@ -126,13 +127,9 @@ def check_fits(ref: str, kind: str, available: int | None = None) -> None:
     need = weights_bytes(ref, kind)
     if need is None:
         return
-    if available is None:
-        import psutil
-
-        available = psutil.virtual_memory().available
-    if need * 1.1 > available:
-        raise EngineError(f"{ref} needs about {need / 1e9:.1f} GB for its weights but only {available / 1e9:.1f} GB "
-                          f"of memory is available; close other programs or choose a smaller/quantized model")
+    problem = memory_check(ref, need, 0, available=available)
+    if problem:
+        raise EngineError(problem)
 
 
 # -- results file ---------------------------------------------------------------------------------
@@ -177,15 +174,11 @@ class _Appender:
 
 # -- the run --------------------------------------------------------------------------------------
 def _open(config_names: list[str], ref: str, cfg: QualityConfig, kind: str, adapter_tasks: list[str]):
-    from app.engine import create_engine
-    from app.session import open_session
-
     check_fits(ref, kind)
     if any(c in ("base", "adapter") for c in config_names):
         return open_session(ref, kind, tasks=adapter_tasks, with_adapters="adapter" in config_names, warn=False)
-    eng = create_engine(kind)
+    eng = new_engine(kind)
     eng.load(ref)
-    from app.session import Session
 
     return Session(eng, {})
 
@@ -206,8 +199,6 @@ def _units(ev, config: str, engine, problems: dict) -> list[tuple[str | None, st
 def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None = None,
                 cancel: threading.Event | None = None) -> dict:
     """Run the benchmark; returns the results dict that report.write_report renders."""
-    from app.session import choose_engine, choose_model
-
     cancel = cancel or threading.Event()
     kind = choose_engine(cfg.engine)
     slm = choose_model(cfg.model, kind)
@@ -240,7 +231,7 @@ def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None 
     for c in cfg.configs:
         groups.setdefault(model_ref_for(c, slm, kind), []).append(c)
     adapter_tasks = sorted({get_eval(t).task for t in data if get_eval(t).task} |
-                           ({"math", "code", "summarize", "paraphrase"} if "hellaswag" in data else set()))
+                           (set(task_names()) if "hellaswag" in data else set()))
     out = _Appender(results_path)
     try:
         for ref, names in groups.items():

@@ -7,29 +7,10 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-from app.paths import resources_dir
-
-HELDOUT = resources_dir() / "router" / "heldout.jsonl"
-
-
-def heldout(path: str | Path = HELDOUT) -> list[dict]:
-    """{"prompt", "task"} rows (extra keys kept)."""
-    from app.cli_route import read_jsonl
-
-    return read_jsonl(path, need=("prompt", "task"))
-
-
-def accuracy(router, items: list[dict]) -> tuple[float, np.ndarray, list[str]]:
-    """Share of items routed to their task, and the confusion matrix (rows: true, columns: routed)."""
-    labels = router.labels
-    confusion = np.zeros((len(labels), len(labels)), dtype=int)
-    for item in items:
-        confusion[labels.index(item["task"]), labels.index(router.route(item["prompt"]).task)] += 1
-    return float(np.trace(confusion) / max(confusion.sum(), 1)), confusion, labels
+from app.router import HELDOUT, accuracy, default_router, heldout
+from app.session import open_session
+from app.tasks import GenerationSettings
 
 
 def time_route(router, prompts: list[str], repeat: int = 5) -> list[float]:
@@ -62,8 +43,7 @@ def sample(items: list[dict], n: int, seed: int = 0) -> list[dict]:
 
 def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[dict]:
     """Route each prompt, activate its adapter and time the answer's first token (one token asked)."""
-    from app.router import default_router, plan
-    from app.tasks import GenerationSettings
+    from app.plan import for_route  # late: 5 ms of `loradesk --help`, which imports every command's module
 
     router = default_router()
     rows = []
@@ -73,7 +53,7 @@ def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[d
         t = time.perf_counter()
         r = router.route(it["prompt"])
         routed = time.perf_counter() - t
-        adapter, messages, settings = plan(r, it["prompt"], engine)
+        adapter, messages, settings = for_route(r, it["prompt"], engine)
         engine.activate(adapter)
         last = None
         for last in engine.stream_generate(messages, settings.replace(max_tokens=1)):
@@ -88,8 +68,6 @@ def time_to_first_token(engine, items: list[dict], log=lambda s: None) -> list[d
 
 def run(model=None, engine=None, prompts: int = 20, ttft: bool = True, path=HELDOUT,
         log=lambda s: print(s, file=sys.stderr)) -> dict:
-    from app.router import default_router
-
     router = default_router()
     items = heldout(path)
     acc, confusion, labels = accuracy(router, items)
@@ -103,8 +81,6 @@ def run(model=None, engine=None, prompts: int = 20, ttft: bool = True, path=HELD
            "route_ms_median": statistics.median(times) * 1e3, "route_ms_max": max(times) * 1e3,
            "route_ms_200_tokens": min(time_route(router, [long], 20)) * 1e3}
     if ttft:
-        from app.session import open_session
-
         session = open_session(model, engine, warn=False)
         eng = session.engine
         log(f"time to first token on {eng.kind} ({eng.model_info.ref}), {prompts} held-out prompts ...")

@@ -36,7 +36,7 @@ def _one_request(client, model: str, text: str, max_tokens: int) -> dict:
 def _scenario(url: str, clients: int, requests: int, alternate: bool, text: str, max_tokens: int) -> dict:
     import openai
 
-    from app.bench.speed import _percentile  # the one percentile rule of the benchmarks
+    from app.engine.base import percentile  # the one percentile rule of the benchmarks
 
     results, errors = [], []
 
@@ -58,9 +58,9 @@ def _scenario(url: str, clients: int, requests: int, alternate: bool, text: str,
     wall = time.perf_counter() - start
     lat = [r["latency"] for r in results]
     return {"clients": clients, "adapters": "alternating" if alternate else "same", "requests": len(results),
-            "errors": errors, "latency_p50_s": round(_percentile(lat, 0.5), 3) if lat else None,
-            "latency_p99_s": round(_percentile(lat, 0.99), 3) if lat else None,
-            "ttft_p50_s": round(_percentile([r["ttft"] for r in results], 0.5), 3) if lat else None,
+            "errors": errors, "latency_p50_s": round(percentile(lat, 0.5), 3) if lat else None,
+            "latency_p99_s": round(percentile(lat, 0.99), 3) if lat else None,
+            "ttft_p50_s": round(percentile([r["ttft"] for r in results], 0.5), 3) if lat else None,
             "tokens": sum(r["tokens"] for r in results), "wall_s": round(wall, 2),
             "tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 2)}
 
@@ -68,7 +68,7 @@ def _scenario(url: str, clients: int, requests: int, alternate: bool, text: str,
 def run_serve_bench(model: str | None = None, engine: str | None = None, clients=(1, 4, 8), requests: int = 2,
                     max_tokens: int = 16, rank: int = 16, log=lambda s: print(s, file=sys.stderr)) -> dict:
     from app.bench.speed import _adapters_for
-    from app.engine import create_engine
+    from app.session import new_engine
     from app.serve.api import Backend, ServeConfig, create_app
     from app.serve.queue import SerialExecutor
     from app.serve.runner import BackgroundServer
@@ -76,7 +76,7 @@ def run_serve_bench(model: str | None = None, engine: str | None = None, clients
 
     kind = choose_engine(engine)
     ref = choose_model(model, kind)
-    eng = create_engine(kind)
+    eng = new_engine(kind)
     log(f"loading {ref} on {kind} ...")
     info = eng.load(ref)
     with tempfile.TemporaryDirectory(prefix="loradesk-bench-serve-") as tmp:

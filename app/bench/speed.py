@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.engine import create_engine
-from app.engine.base import decode_tps
-from app.engine.store import adapter_folder
-from app.session import choose_engine, choose_model
+from app.engine.base import decode_tps, percentile
+from app.store import adapter_folder
+from app.session import choose_engine, choose_model, new_engine
 from app.tasks import GenerationSettings, get_task, task_names
 
 TARGETS = {  # key: (comparison, target, engines it applies to or None for all)
@@ -55,11 +54,6 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
@@ -68,7 +62,7 @@ def _adapters_for(eng, tmp: Path, rank: int, log) -> tuple[dict[str, Path], str]
     """Trained adapters from the store when every task has one, else random rank-`rank` adapters
     on all attention and MLP projections of the loaded model (non-zero, so they cost what real
     ones cost)."""
-    from app.engine.adapter_format import write_mlx
+    from app.engine.adapter_write import write_mlx
     from app.tiny import random_adapter_for
 
     found = {}
@@ -110,7 +104,7 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
               log=lambda s: print(s, file=sys.stderr)) -> dict:
     kind = choose_engine(engine)
     ref = choose_model(model, kind)
-    eng = create_engine(kind)
+    eng = new_engine(kind)
     log(f"loading {ref} on {kind} ...")
     info = eng.load(ref)
     # A request with a long answer, so every configuration decodes `max_tokens` steps (an early EOS
@@ -144,7 +138,7 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
 
         merge = _merge(eng, names[0], messages, settings, log) if hasattr(eng, "merge_now") else {}
         log(f"loading {ref} again, a second {kind} engine that never loads an adapter ...")
-        bare_eng = create_engine(kind)
+        bare_eng = new_engine(kind)
         bare_eng.load(ref)
         stream_decode(bare_eng, messages, settings)  # its warm-up
         others = {k: _other_engine(k, m, log) for k, m in (vs or {}).items()}
@@ -179,7 +173,7 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
             "adapter_count": len(names),
             "switches": switches,
             "switch_p50_ms": round(statistics.median(times), 5),
-            "switch_p99_ms": round(_percentile(times, 0.99), 5),
+            "switch_p99_ms": round(percentile(times, 0.99), 5),
             "base_decode_noadapter_tps": round(noadapter, 3),
             "base_decode_tps": round(base, 3),
             "resident_decode_ratio": round(base / noadapter, 4),
@@ -257,7 +251,7 @@ def _merge(eng, name: str, messages, settings, log) -> dict:
 
 
 def _other_engine(kind: str, model: str, log):
-    other = create_engine(kind)
+    other = new_engine(kind)
     log(f"loading {model} on {kind} for the side-by-side base decode ...")
     other.load(model)
     return other

@@ -11,12 +11,18 @@ import platform
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
-from app.engine.base import AdapterError, AdapterInfo, Chunk, Engine, EngineError, ModelInfo
+from app.engine.base import AdapterInfo, Chunk, Engine, ModelInfo
+from app.errors import AdapterError, EngineError
 
 ENGINES = ("mlx", "llamacpp", "torch")
 _MODULES = {"mlx": ("mlx", "mlx_lm"), "llamacpp": ("llama_cpp",), "torch": ("torch", "transformers", "peft")}
 _NEEDS = {"mlx": "mlx and mlx-lm", "llamacpp": "llama-cpp-python", "torch": "torch, transformers and peft"}
+# Each engine's module and class: imported when that engine is first used (torch takes seconds).
+_CLASSES = {"mlx": ("app.engine.mlx_engine", "MLXEngine"), "llamacpp": ("app.engine.llamacpp_engine", "LlamaCppEngine"),
+            "torch": ("app.engine.torch_engine", "TorchEngine")}
+_LATE_LIBRARIES = {"mlx": ("mlx_lm",)}  # imported inside the engine module's functions, needed by `load`
 
 
 def has_cuda() -> bool:
@@ -49,21 +55,35 @@ def installed_engines() -> list[str]:
     return [k for k in ENGINES if all(importlib.util.find_spec(m) for m in _MODULES[k])]
 
 
-def create_engine(kind: str | None = None) -> Engine:
+def create_engine(kind: str | None = None, resolve: Callable[..., Path] | None = None) -> Engine:
+    """A new, empty engine of `kind`. `resolve(model_ref, engine=kind)` turns what `load` is given
+    into a local path: the app passes app.models.resolve_model (names, the store, downloads);
+    without it only local files and folders load."""
     kind = kind or default_engine()[0]
-    classes = {"mlx": ("app.engine.mlx_engine", "MLXEngine"), "llamacpp": ("app.engine.llamacpp_engine", "LlamaCppEngine"),
-               "torch": ("app.engine.torch_engine", "TorchEngine")}
-    if kind not in classes:
+    if kind not in _CLASSES:
         raise EngineError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
-    module, name = classes[kind]
+    module, name = _CLASSES[kind]
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError as e:
         others = [k for k in installed_engines() if k != kind]
         hint = f"; use --engine {others[0]}" if others else ""
         raise EngineError(f"the {kind} engine needs {_NEEDS[kind]} ({e}){hint}") from None
-    return cls()
+    engine = cls()
+    if resolve is not None:
+        engine.resolve_model = resolve
+    return engine
+
+
+def preload(kind: str) -> None:
+    """Import an engine's module and libraries now, on the caller's thread (ImportError when they
+    are missing). The app does it on the GUI thread before its window shows: see ui/app.py."""
+    if kind in _CLASSES:
+        importlib.import_module(_CLASSES[kind][0])
+    for library in _LATE_LIBRARIES.get(kind, ()):
+        importlib.import_module(library)
 
 
 __all__ = ["AdapterError", "AdapterInfo", "Chunk", "Engine", "EngineError", "ModelInfo",
-           "ENGINES", "create_engine", "default_engine", "installed_engines"]
+           "ENGINES", "create_engine", "default_engine", "installed_engines",
+           "preload"]

@@ -13,19 +13,17 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
+from app.engine.adapter_check import check_against_model
+from app.engine.adapter_format import read_adapter
+from app.engine.base_model import check_base_model
+from app.engine.mix import check_names, check_weights, label
+from app.engine.model_files import files_only
+from app.errors import AdapterError, EngineError  # noqa: F401 - engine modules import them from here too
 from app.tasks import GenerationSettings
 
 log = logging.getLogger(__name__)
-
-
-class EngineError(RuntimeError):
-    """A problem the user can act on; the message says what to do. The engine keeps its state."""
-
-
-class AdapterError(EngineError):
-    """An adapter folder that cannot be used with the loaded model."""
 
 
 @dataclass
@@ -81,6 +79,9 @@ class Engine(ABC):
         self.adapters: dict[str, AdapterInfo] = {}
         self.active: str | None = None  # an adapter name, a mix's label (mix.label) or None
         self._mix: dict[str, float] = {}  # the weights behind `active` when it is a mix
+        # A model reference -> the local path to load. The engine reads files only; create_engine
+        # passes the app's resolver (app.models.resolve_model: registered names, the store, the Hub).
+        self.resolve_model: Callable[..., Path] = files_only
         # One generation at a time: the hot-swap must never happen mid-answer.
         self._lock = threading.RLock()
 
@@ -109,8 +110,6 @@ class Engine(ABC):
         """Validate and load an adapter folder (MLX or PEFT format); it stays resident, inactive.
         An adapter recorded as made for another base model is refused unless `force`
         (adapter_format.check_base_model; its warning, if any, is kept in AdapterInfo.warning)."""
-        from app.engine.adapter_format import read_adapter
-
         self.require_model()
         weights = read_adapter(folder)  # file reading and format checks: any thread, no lock
         where = f"{name!r} ({folder})"
@@ -131,8 +130,6 @@ class Engine(ABC):
 
     def _check(self, weights, where: str) -> None:
         """Every mismatch between the adapter and the model's layers and facts, in one AdapterError."""
-        from app.engine.adapter_format import check_against_model
-
         info = self.model_info
         fp = {k: v for k, v in info.fingerprint.items() if k not in self._unchecked_facts}
         check_against_model(weights, self.linear_shapes(), fp, where, f"the loaded model ({info.ref})")
@@ -145,8 +142,6 @@ class Engine(ABC):
             return False
 
     def _check_base(self, weights, where: str, force: bool) -> str | None:
-        from app.engine.adapter_format import check_base_model
-
         return check_base_model(weights, self.model_info, where, force)
 
     @abstractmethod
@@ -176,8 +171,6 @@ class Engine(ABC):
     @property
     def mix(self) -> dict[str, float]:
         """The active adapters and their weights: {} for the base model, {name: 1.0} for one."""
-        from app.engine.mix import label
-
         if self._mix and self.active == label(self._mix):
             return dict(self._mix)
         return {} if self.active is None else {self.active: 1.0}
@@ -187,8 +180,6 @@ class Engine(ABC):
         own delta times its weight, sum_i w_i s_i (x A_i) B_i (exact; A and B are never averaged).
         Weights need not sum to 1; an empty (or all-zero) mix is the base model. Like `activate`,
         it waits for a running generation, and no weights move."""
-        from app.engine.mix import check_names, check_weights, label
-
         weights = check_weights(weights)
         check_names(weights, self.adapters)
         with self._lock:
@@ -438,3 +429,10 @@ def decode_rate(tokens: int, first: float, now: float) -> float:
 def decode_tps(stamps: list[float]) -> float:
     """decode_rate from the times at which each generated token became available."""
     return decode_rate(len(stamps), stamps[0], stamps[-1]) if stamps else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values` by the nearest rank: a value that was measured, never an
+    interpolation (a p99 of 100 switches is the 99th slowest). The one rule of every benchmark."""
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]

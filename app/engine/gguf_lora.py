@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine.adapter_format import LoraWeights
+from app.engine.lora import LoraWeights
 from app.engine.base import AdapterError
 
 FORMAT_VERSION = 2  # bump when the written file changes for the same input (invalidates caches)

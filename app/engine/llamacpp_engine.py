@@ -28,7 +28,8 @@ import numpy as np
 
 from app import paths
 from app.engine import llamacpp_merge as merging
-from app.engine.adapter_format import LoraWeights, check_base_model
+from app.engine.lora import LoraWeights
+from app.engine.base_model import check_base_model, looks_like_repo_id
 from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
 from app.engine.gguf_lora import cached_gguf_lora, lora_dtype
 from app.engine.llamacpp_setup import (BATCH, DEFAULT_CTX, context_params, default_threads, extra_buffers,
@@ -109,9 +110,7 @@ class LlamaCppEngine(Engine):
 
     # -- model --------------------------------------------------------------------------
     def load(self, model_ref) -> ModelInfo:
-        from app.models import resolve_model
-
-        path = resolve_model(model_ref, engine="llamacpp")
+        path = self.resolve_model(model_ref, engine="llamacpp")
         with self._lock:
             self.unload()  # drop the old model first: never two models in memory at once
             return self._load(str(model_ref), path)
@@ -142,7 +141,7 @@ class LlamaCppEngine(Engine):
             "vocab_size": llama_cpp.llama_vocab_n_tokens(self.vocab),
         }
         head_dim = int(meta(model, f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
-        from app.tiny import linear_shapes_from_config
+        from app.engine.adapter_check import linear_shapes_from_config
 
         self._shapes = linear_shapes_from_config({**fp, "head_dim": head_dim})
         desc = ctypes.create_string_buffer(256)
@@ -209,10 +208,8 @@ class LlamaCppEngine(Engine):
     def _identity(self) -> ModelInfo:
         """The loaded model as check_base_model sees it: a hub repo id when the user gave one, else
         the GGUF's own `general.name` ("Qwen2.5 1.5B Instruct" -> Qwen2.5-1.5B-Instruct)."""
-        from app.models import _looks_like_repo_id
-
         info = self.model_info
-        if _looks_like_repo_id(info.ref) or not self.name:
+        if looks_like_repo_id(info.ref) or not self.name:
             return info
         return ModelInfo(ref=self.name.replace(" ", "-"), path=None, model_type=info.model_type,
                          fingerprint=info.fingerprint)
@@ -221,7 +218,7 @@ class LlamaCppEngine(Engine):
         """Add adapter weights already in memory (written as a GGUF LoRA in the cache folder)."""
         import tempfile
 
-        from app.engine.adapter_format import write_mlx
+        from app.engine.adapter_write import write_mlx
 
         self.require_model()
         self._check(weights, repr(name))

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from app.engine.base import EngineError
+from app.engine.lora import LoraModule, LoraWeights
+from app.errors import EngineError
 
 PREFIX = "mix:"  # the API's model id for a mix: "mix:math=0.7,code=0.3"
 MAX_WEIGHT = 10.0  # |w| beyond this is almost surely a typo (0.7 written as 7, say)
@@ -73,8 +74,6 @@ def merge(parts: Mapping[str, tuple[float, "object"]]):
     """One LoraWeights equal to the mix of {name: (weight, LoraWeights)}: per module the ranks are
     concatenated (zero-padded where an adapter does not target the module, so every module has the
     same rank r = sum of ranks) and weight * scale is folded into B, so the scale is 1 everywhere."""
-    from app.engine.adapter_format import LoraModule, LoraWeights
-
     if not parts:
         raise ValueError("the mix is empty")
     items = list(parts.items())

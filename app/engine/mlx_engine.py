@@ -17,9 +17,10 @@ import mlx.nn as nn
 import numpy as np
 
 from app.engine import mlx_thread
-from app.engine.adapter_format import LoraWeights, fingerprint_of
-from app.engine.base import AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterInfo, Engine, ModelInfo, decode_rate, prefill_spans
+from app.engine.lora import LoraWeights, fingerprint_of
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
+from app.errors import EngineError
 from app.tasks import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,7 @@ class MLXEngine(Engine):
 
     # -- model --------------------------------------------------------------------------
     def load(self, model_ref) -> ModelInfo:
-        from app.models import resolve_model
-
-        path = resolve_model(model_ref, engine="mlx")
+        path = self.resolve_model(model_ref, engine="mlx")
         with self._lock:
             return mlx_thread.call(self._load, str(model_ref), path)
 

@@ -1,7 +1,7 @@
 """Engine-neutral text helpers shared by the MLX and torch engines (one source for each rule)."""
 from __future__ import annotations
 
-from app.engine.base import EngineError
+from app.errors import EngineError
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:

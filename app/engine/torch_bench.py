@@ -17,17 +17,14 @@ from typing import Callable
 
 import torch
 
-from app.engine.adapter_format import read_adapter, write_peft
+from app.engine.adapter_format import read_adapter
+from app.engine.adapter_write import write_peft
+from app.engine.base import percentile
 from app.engine.torch_engine import pick_device, pick_dtype, upcast_adapters
 
 
 def _ms(t0: int) -> float:
     return (time.perf_counter_ns() - t0) / 1e6
-
-
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def _as_peft(folders: dict[str, Path], tmp: Path) -> dict[str, Path]:
@@ -92,7 +89,7 @@ def reference(model_path: Path, adapter_folders: dict[str, Path], prompt: str, m
             model.set_adapter(names[i % len(names)])
             times.append(_ms(t0))
         result["peft_set_adapter_p50_ms"] = round(statistics.median(times), 4)
-        result["peft_set_adapter_p99_ms"] = round(_percentile(times, 0.99), 4)
+        result["peft_set_adapter_p99_ms"] = round(percentile(times, 0.99), 4)
 
         hot = []
         try:

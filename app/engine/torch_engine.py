@@ -22,9 +22,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from app.engine.adapter_format import LoraWeights, fingerprint_of, write_peft
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.adapter_write import write_peft
+from app.engine.base import AdapterInfo, Engine, ModelInfo, decode_rate, prefill_spans
+from app.engine.lora import LoraWeights, fingerprint_of
+from app.engine.torch_lora import SharedActive, share_active
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
+from app.errors import AdapterError, EngineError
 from app.tasks import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -60,81 +63,6 @@ def upcast_adapters(device: str) -> bool:
     there (168 LoRA pairs of a 0.5B model: 12.5 ms/token in bf16, 4.1 in fp32, vs 66 ms for the
     base projections; one thread). On GPUs they stay in the model's dtype."""
     return device == "cpu"
-
-
-class SharedActive:
-    """The one piece of state a switch changes, read by every PEFT LoRA layer of the model."""
-
-    __slots__ = ("names", "weights")
-
-    def __init__(self):
-        self.names: list[str] = []  # PEFT's active_adapters: [] runs the base model
-        self.weights: dict[str, float] | None = None  # a mix's weight per name; None: each adapter as is
-
-
-_SHARED_CLASSES: dict[type, type] = {}
-
-
-def _share_active(layer, state: SharedActive) -> None:
-    """Make a PEFT LoraLayer read `active_adapter` from `state` (a subclass with a property;
-    PEFT's own set_adapter still writes its private field, which is then ignored)."""
-    cls = type(layer)
-    if getattr(cls, "_loradesk_shared", False):
-        layer._loradesk_active = state
-        return
-    sub = _SHARED_CLASSES.get(cls)
-    if sub is None:
-        attrs = {
-            "_loradesk_shared": True,
-            "__module__": cls.__module__,
-            "active_adapter": property(lambda self: self._loradesk_active.names),
-        }
-        from peft.tuners.lora.layer import Linear as LoraLinear
-
-        if cls is LoraLinear:
-            attrs["forward"] = _fast_forward
-        sub = type(cls.__name__, (cls,), attrs)
-        _SHARED_CLASSES[cls] = sub
-    layer._loradesk_active = state
-    layer.__class__ = sub
-
-
-def _fast_forward(self, x, *args, **kwargs):
-    """PEFT's LoRA Linear forward for the one case that serves answers (inference, one plain LoRA
-    adapter active, nothing merged): the same arithmetic, base(x) + B(A(x)) * scale, without
-    walking its general path (dropout and module calls, per-call checks). That path costs about
-    a third of the LoRA time on CPU, where 168 small layers run per token."""
-    names = self._loradesk_active.names
-    weights = self._loradesk_active.weights
-    if weights is not None and not (args or kwargs or self.training or self.merged or self.disable_adapters):
-        return _mix_forward(self, x, names, weights)
-    if len(names) != 1 or args or kwargs or self.training or self.merged or self.disable_adapters:
-        return super(type(self), self).forward(x, *args, **kwargs)
-    name = names[0]
-    if name not in self.lora_A or name in self.lora_variant:
-        return super(type(self), self).forward(x, *args, **kwargs)
-    result = self.base_layer(x)
-    a = self.lora_A[name].weight
-    b = self.lora_B[name]
-    lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b.weight, b.bias)
-    return (result + lora * self.scaling[name]).to(result.dtype)
-
-
-def _mix_forward(self, x, names, weights):
-    """base(x) + sum over the mix of w * scale * B(A(x)): PEFT's own sum of active adapters, each
-    times its weight (PEFT alone would add them at weight 1). The same arithmetic as
-    `_fast_forward`, so a mix of one adapter at 1.0 gives that adapter's exact output."""
-    result = self.base_layer(x)
-    total = None
-    for name in names:
-        if name not in self.lora_A:
-            continue
-        a = self.lora_A[name].weight
-        b = self.lora_B[name]
-        lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a), b.weight, b.bias)
-        lora = lora * (self.scaling[name] * weights[name])
-        total = lora if total is None else total + lora
-    return result if total is None else (result + total).to(result.dtype)
 
 
 class _Detokenizer:
@@ -195,9 +123,7 @@ class TorchEngine(Engine):
 
     # -- model --------------------------------------------------------------------------
     def load(self, model_ref) -> ModelInfo:
-        from app.models import resolve_model
-
-        path = resolve_model(model_ref, engine="torch")
+        path = self.resolve_model(model_ref, engine="torch")
         with self._lock:
             return self._load(str(model_ref), Path(path))
 
@@ -295,7 +221,7 @@ class TorchEngine(Engine):
                 raise AdapterError(f"PEFT could not load adapter {name!r} from {folder}: {e}") from None
         for module in self.model.modules():
             if isinstance(module, LoraLayer):
-                _share_active(module, self._shared)
+                share_active(module, self._shared)
         self.adapters[name] = AdapterInfo(
             name=name, path=folder, format=weights.format, rank=weights.rank, scale=weights.scale,
             modules=len(weights.modules), bytes=weights.nbytes(), base_model=weights.base_model,

@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app import store
+from app.engine.mix import label, parse
+from app.plan import AUTO, mix_task
+from app.router import NONE, route
 from app.tasks import Task, get_task, task_names
 
 BASE = "base"
-AUTO = "auto"
 _CREATED = int(time.time())  # OpenAI model objects carry a creation time; ours is the server's start
 
 
@@ -29,8 +32,6 @@ class Target:
 
 def _stored_others(task: str) -> list:
     """The task's stored adapters other than the one in use (which the task id itself serves)."""
-    from app.engine import store
-
     try:
         in_use = store.current(task)
         return [a for a in store.list_adapters(task) if in_use is None or a.name != in_use.name]
@@ -58,7 +59,6 @@ def resolve(model_id: str, engine, prompt: str | None = None) -> Target:
     for a in _stored_others(task_name):
         if a.name == name:
             return Target(model_id, model_id, task, folder=a.path)
-    from app.engine import store
 
     in_use = store.current(task_name)
     if in_use is not None and in_use.name == name:  # TASK:CURRENT is the task id itself
@@ -67,8 +67,6 @@ def resolve(model_id: str, engine, prompt: str | None = None) -> Target:
 
 
 def _routed(prompt: str, engine) -> Target:
-    from app.router import NONE, route
-
     if not prompt.strip():
         raise ValueError("model 'auto' picks the task from the prompt, and the prompt is empty")
     r = route(prompt)
@@ -78,15 +76,13 @@ def _routed(prompt: str, engine) -> Target:
 
 
 def _mixed(model_id: str, engine) -> Target:
-    from app.engine.mix import label, parse
-
     weights = parse(model_id, what="model")
     if not weights:
         raise ValueError(f"model {model_id!r}: every weight is zero (that is model 'base')")
     if any(n not in engine.adapters for n in weights):
         raise KeyError(model_id)
-    heaviest = max(weights, key=lambda n: weights[n]).partition(":")[0]  # whose prompt applies
-    return Target(label(weights), weights, get_task(heaviest) if heaviest in task_names() else None)
+    task = mix_task(weights)  # whose prompt applies
+    return Target(label(weights), weights, get_task(task) if task else None)
 
 
 def models(engine) -> list[dict]:

@@ -1,5 +1,7 @@
 """`loradesk serve`: the OpenAI-compatible API on localhost."""
 from __future__ import annotations
+# The app's layers are imported inside the commands: `loradesk --help` imports this module (app/cli.py)
+# and would otherwise pay for numpy, the engines and the Hub (python -X importtime -m app --help).
 
 import os
 import sys

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.ui.engine_host import EngineHost
-from app.ui.format import training_summary
+from app.format import training_summary
 from app.ui.workers import Worker, create_worker
 
 ADAPTER_COLUMNS = ("Task", "Adapter", "Base model", "Rank", "Size", "Source", "Training", "In use")
@@ -50,7 +50,7 @@ class AdaptersBox(QGroupBox):
         v.addLayout(row)
 
     def refresh(self) -> None:
-        from app.cli_core import adapter_rows
+        from app.store import adapter_rows
 
         try:
             rows = adapter_rows()
@@ -95,7 +95,7 @@ class AdaptersBox(QGroupBox):
 
     def add_adapter(self, task: str, folder: str) -> Worker:
         """Copy an adapter folder into the store (validated first), then load it into the engine."""
-        from app.engine import store
+        from app import store
 
         self.say(f"Adding {folder} for {task}…")
 
@@ -122,7 +122,7 @@ class AdaptersBox(QGroupBox):
             self.export_adapter(task, str(Path(out) / f"{task}-adapter-{fmt}"), fmt)
 
     def export_adapter(self, task: str, out: str, fmt: str = "peft") -> Worker:
-        from app.engine import store
+        from app import store
 
         self.job = create_worker(store.export, task, out, fmt, _connect={
             "returned": lambda text: self.say(text),
@@ -139,7 +139,7 @@ class AdaptersBox(QGroupBox):
         self.remove_adapter(task, row["name"])
 
     def remove_adapter(self, task: str, name: str) -> Worker:
-        from app.engine import store
+        from app import store
 
         def job():
             store.remove(task, name)

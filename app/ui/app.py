@@ -11,6 +11,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import paths
+from app.engine import preload
 
 log = logging.getLogger("app.ui")
 LOG_FILE = "loradesk.log"
@@ -128,15 +129,8 @@ def preload_engine(kind: str) -> None:
     while holding the GIL and froze the window for up to 0.8 s at a time (measured with the tiny
     model: 840 ms worst stall; 83 ms with this preload).
     """
-    import importlib
-
-    module = {"mlx": "app.engine.mlx_engine", "torch": "app.engine.torch_engine",
-              "llamacpp": "app.engine.llamacpp_engine"}.get(kind)
     try:
-        if module:
-            importlib.import_module(module)
-        if kind == "mlx":
-            importlib.import_module("mlx_lm")
+        preload(kind)
     except ImportError as e:  # the window says so when the model load fails
         log.warning("could not preload the %s engine: %s", kind, e)
 
@@ -172,10 +166,11 @@ def run(model: str | None = None, engine: str | None = None, argv: list[str] | N
     app = create_app(argv)
     log.info("starting LoRA Desk (model=%s, engine=%s)", model, engine)
     splash = splash_screen()
-    preload_engine(choose_engine(engine))
+    kind = choose_engine(engine)  # once: the window loads the model on the engine preloaded here
+    preload_engine(kind)
     from app.ui.main_window import MainWindow
 
-    window = MainWindow(model=model, engine=engine)
+    window = MainWindow(model=model, engine=kind)
     sys.excepthook = _excepthook(window)
     window.stall_watch = StallWatch(window)
     # The faulty release loses exactly one per emit; other threads touching True only add noise.

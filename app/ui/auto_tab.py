@@ -11,7 +11,8 @@ from dataclasses import replace
 
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QLineEdit, QPushButton
 
-from app.router import NONE, default_router, plan
+from app.plan import for_route, mix_task, parse_mix_arg
+from app.router import NONE, default_router
 from app.tasks import get_task, load_tasks, task_names
 from app.ui.engine_host import EngineHost, Run
 from app.ui.task_tab import TaskTab
@@ -94,8 +95,6 @@ class AutoTab(TaskTab):
         self.generate()
 
     def mix_weights(self) -> dict[str, float]:
-        from app.cli_route import parse_mix_arg
-
         return parse_mix_arg(self.mix_edit.text() or self.mix_edit.placeholderText())
 
     def runs(self, text: str) -> list[Run]:
@@ -106,14 +105,13 @@ class AutoTab(TaskTab):
             if missing:
                 raise ValueError(f"cannot mix {', '.join(missing)}: no adapter loaded for it "
                                  "(train one, or add one under Models & adapters)")
-            heaviest = max(weights, key=lambda n: weights[n])
             self.choice = _Mix(weights)
             self._show_choice(f"Mix: {self.choice}", None)
-            task = get_task(heaviest)
+            task = get_task(mix_task(weights))
             return [Run(task.messages(text), task.generation)]
         self.route = default_router().route(text)
         name = self.override or self.route.task
-        adapter, messages, settings = plan(replace(self.route, task=name), text, engine)
+        adapter, messages, settings = for_route(replace(self.route, task=name), text, engine)
         self.choice = name
         self._chosen_adapter = adapter
         note = "" if adapter or name == NONE else " · no adapter loaded for it: the base model answers"

@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (
 )
 
 from app import paths
-from app.ui.child_process import run_in_child
+from app.child_process import run_in_child
 from app.ui.engine_host import EngineHost
-from app.ui.format import human_bytes, human_duration
+from app.format import human_bytes, human_duration
 from app.ui.plots import BarChart
 from app.ui.workers import Worker
 

@@ -8,8 +8,10 @@ while an answer streams.
 from __future__ import annotations
 
 import logging
+import time
 
 from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QApplication
 
 from app.chats import Chat, ChatStore, Message, folder_hash, open_store
 from app.conversation import chat_name, history
@@ -47,7 +49,7 @@ def split_last_turn(messages: list[Message]) -> tuple[list[Message], list[Messag
 
 def removed_adapter_note(task: str, messages: list[Message]) -> str:
     """Said when the adapter that wrote this conversation is no longer stored."""
-    from app.engine.store import list_adapters
+    from app.store import list_adapters
 
     used = next((m for m in reversed(messages) if m.role == "assistant" and m.adapter_hash), None)
     if used is None:
@@ -135,3 +137,19 @@ class ChatSession(QObject):
     def _deleted(self, chat_id: int) -> None:
         if chat_id == self.chat_id:
             self.new()
+
+
+def time_tab_open(store: ChatStore, chat_id: int) -> list[float]:
+    """Seconds a tab takes to open the chat (read, sidebar, last turns drawn), fresh each time, for
+    `loradesk chats bench`."""
+    app = QApplication.instance() or QApplication([])  # noqa: F841 - widgets need one
+    out = []
+    for i in range(8):
+        session = ChatSession("summarize", store)
+        t = time.perf_counter()
+        session.open(chat_id)
+        if i:  # the first one also sets up Qt's fonts and text layout, once per process
+            out.append(time.perf_counter() - t)
+        session.transcript.deleteLater()
+        session.panel.deleteLater()
+    return out

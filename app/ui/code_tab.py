@@ -7,26 +7,15 @@ run such code with the user's own permissions.
 """
 from __future__ import annotations
 
-import re
-
 from PySide6.QtWidgets import QLabel, QMessageBox, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
+from app.code_blocks import extract_code
 from app.ui.highlight import PythonHighlighter
 from app.ui.task_tab import TaskTab, fixed_font
 from app.ui.workers import create_worker
 
 SANDBOX_TIMEOUT_S = 10.0
 SANDBOX_MEMORY_MB = 512
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
-
-
-def extract_code(answer: str) -> str:
-    """The Python code of an answer: its fenced blocks joined, or the whole answer when it has none."""
-    blocks = [b.strip("\n") for b in _FENCE.findall(answer)]
-    blocks = [b for b in blocks if b.strip()]
-    return "\n\n".join(blocks) if blocks else answer.strip()
-
-
 _unisolated_answer: list[bool] = []  # the user's one answer this session: may unisolated code run?
 
 

@@ -24,7 +24,7 @@ BASE, TASK, STORED, MIX = "base", "task", "stored", "mix"
 def adapter_choices(task: str, resident: dict) -> list[tuple[str, tuple]]:
     """(label, (kind, name, folder)) for a pane's menu: the base model, the task's adapter in use,
     every other stored adapter of the task, and a mix."""
-    from app.engine.store import current, list_adapters
+    from app.store import current, list_adapters
 
     out = [("Base model (no adapter)", (BASE, None, None))]
     using = current(task)

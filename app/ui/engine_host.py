@@ -14,12 +14,12 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from app.memory import MEMORY_FACTOR, memory_check
+from app.plan import KEEP, answer  # KEEP: a Run answers with the job's adapter
 from app.ui.workers import Worker, serial_pool
 
 log = logging.getLogger(__name__)
 
-
-KEEP = "keep"  # Run.adapter: answer with the job's adapter
 
 
 @dataclass
@@ -42,43 +42,16 @@ def generation_job(engine, adapter: str | None, runs: list[Run], cancel: threadi
 
     engine.activate(adapter)
     for i, run in enumerate(runs):
-        if run.adapter != KEEP:
-            if run.folder and isinstance(run.adapter, str) and run.adapter not in engine.adapters:
-                engine.add_adapter(run.adapter, run.folder)
-            engine.activate(run.adapter)
         messages = run.messages
         if run.fit_turns:
             messages, dropped = drop_old_turns(engine, messages, run.settings.max_tokens)
             if dropped:
                 yield i, TurnsDropped(dropped)
-        for chunk in engine.stream_generate(messages, run.settings, cancel):
+        # a run with its own adapter gives the tab's own back when it ends (app.plan.answer)
+        for chunk in answer(engine, run.adapter, messages, run.settings, cancel, folder=run.folder):
             yield i, chunk
         if cancel.is_set():
             return
-    if any(run.adapter != KEEP for run in runs):
-        engine.activate(adapter)  # the tab's own adapter again
-
-
-# Memory a model needs beyond its weights on disk: the KV cache, activations and the loader's
-# buffers. A bf16 1.5B model (3.1 GB of safetensors) peaked at about 1.2x that in the torch engine.
-MEMORY_FACTOR = 1.3
-
-
-def memory_check(ref: str, model_bytes: int, held_bytes: int, factor: float = MEMORY_FACTOR,
-                 available: int | None = None) -> str | None:
-    """Why the model (its weights on disk) will not fit in memory, or None when it will.
-    `held_bytes` is the current model's memory, given back before the new one loads."""
-    import psutil
-
-    free = (psutil.virtual_memory().available if available is None else available) + held_bytes
-    need = int(model_bytes * factor)
-    if need <= free:
-        return None
-    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
-    kept = " The current model stays loaded." if held_bytes else ""
-    return (f"{ref} will not fit in memory: it needs about {gb(need)} ({gb(model_bytes)} of weights) and "
-            f"{gb(free)} is available{' once the current model is dropped' if held_bytes else ''}.{kept} "
-            "Close other programs or choose a smaller model.")
 
 
 def model_bytes_on_disk(ref: str, kind: str) -> int:
@@ -152,8 +125,9 @@ class EngineHost(QObject):
         old, factor = self.engine, self.memory_factor
 
         def job():
-            from app.engine import EngineError, create_engine
-            from app.engine.store import load_task_adapters
+            from app.errors import EngineError
+            from app.session import new_engine
+            from app.store import load_task_adapters
 
             held = old.memory_bytes() if old is not None and old.model_info is not None else 0
             problem = memory_check(str(ref), model_bytes_on_disk(ref, kind), held, factor)
@@ -162,7 +136,7 @@ class EngineHost(QObject):
             if old is not None:
                 old.unload()
                 self.model_unloaded.emit()
-            engine = create_engine(kind)
+            engine = new_engine(kind)
             engine.load(ref)
             problems = load_task_adapters(engine)
             return engine, problems

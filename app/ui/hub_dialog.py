@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 
 from app.tasks import load_tasks
 from app.ui.engine_host import EngineHost
-from app.ui.format import human_bytes, progress_text
+from app.format import human_bytes, progress_text
 from app.ui.workers import Worker, create_worker
 
 COLUMNS = ("Repo", "Downloads", "Likes", "Size", "Rank", "License", "Matches", "Datasets")

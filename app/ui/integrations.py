@@ -1,5 +1,5 @@
 """Glue between the app's panels and the modules other parts of LoRA Desk provide (training,
-benchmark report, GGUF import; adapter export is app.engine.store.export). Qt-free: each function runs inside a worker.
+benchmark report, GGUF import; adapter export is app.store.export). Qt-free: each function runs inside a worker.
 
 Each lookup is lazy, so a build without one of those modules still starts, and the panel that
 needs it says what is missing instead of failing at import.

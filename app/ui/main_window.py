@@ -12,7 +12,8 @@ from app.jsonfile import pop_notices
 from app.session import choose_engine, choose_model, load_settings, save_settings
 from app.tasks import load_tasks
 from app.ui.engine_host import EngineHost, model_is_local
-from app.ui.task_tab import TaskTab, make_tab
+from app.ui.task_tab import TaskTab
+from app.ui.task_tabs import make_tab
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (
 
 from app.ui.adapters_box import AdaptersBox
 from app.ui.engine_host import EngineHost
-from app.ui.format import progress_text
+from app.format import progress_text
 from app.ui.workers import Worker, create_worker
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ class ModelsPanel(QWidget):
             self.engine_combo.setCurrentIndex(i)
 
     def _fill_models(self) -> None:
-        from app.models import DEFAULT_INDEX, SUPPORTED, local_repo_folder, registered_models, shipped_tasks
+        from app.model_choices import DEFAULT_INDEX, SUPPORTED
+        from app.models import local_repo_folder, registered_models, shipped_tasks
 
         kind = self.kind()
         self.model_combo.clear()
@@ -175,7 +176,7 @@ class ModelsPanel(QWidget):
 
     def offer_download(self, ref: str, kind: str) -> None:
         """First run: the model is not here yet. Offer the download (or a local folder)."""
-        from app.models import SUPPORTED
+        from app.model_choices import SUPPORTED
 
         self.select_model(ref)
         size = next((f" ({m.size_label(kind)})" for m in SUPPORTED if ref == m.repo_for(kind)), "")

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.tasks import task_names
+
 
 def _wait(app, pred, timeout: float) -> bool:
     from PySide6.QtCore import QEventLoop
@@ -27,13 +29,13 @@ def _wait(app, pred, timeout: float) -> bool:
 
 
 def _tiny_home() -> tuple[str, Path]:
-    from app.engine import store
+    from app import store
     from app.tiny import build_tiny_model, write_random_adapter
 
     root = Path(tempfile.mkdtemp(prefix="loradesk-shots-"))
     os.environ["LORADESK_HOME"] = str(root / "home")
     model = build_tiny_model(root / "qwen2", "qwen2")
-    for seed, task in enumerate(("math", "code", "summarize", "paraphrase"), 11):
+    for seed, task in enumerate(task_names(), 11):
         store.add(task, write_random_adapter(model, root / "ad" / task, seed=seed, rank=8), name=f"{task}-tiny")
     return str(model), root
 
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--random-adapters", type=float, metavar="SCALE",
                     help="register random rank-8 adapters of this LoRA scale for the model (layout checks "
                          "when no trained adapters exist)")
-    ap.add_argument("--tabs", default="math,code,summarize,paraphrase")
+    ap.add_argument("--tabs", default=",".join(task_names()))
     ap.add_argument("--max-tokens", type=int, help="cap each answer (default: the task's)")
     ap.add_argument("--variants", type=int, default=2, help="paraphrase variants")
     ap.add_argument("--bench", default="humaneval", help="benchmark tasks ('' to skip)")
@@ -62,11 +64,11 @@ def main(argv=None) -> int:
         args.engine = "mlx"
 
     if args.random_adapters:
-        from app.engine import store
+        from app import store
         from app.tiny import write_random_adapter
 
         root = Path(tempfile.mkdtemp(prefix="loradesk-random-adapters-"))
-        for seed, task in enumerate(("math", "code", "summarize", "paraphrase"), 21):
+        for seed, task in enumerate(task_names(), 21):
             folder = write_random_adapter(args.model, root / task, seed=seed, rank=8, scale=args.random_adapters)
             store.add(task, folder, name=f"{task}-random", source="random (screenshot script)")
 

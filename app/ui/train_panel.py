@@ -14,9 +14,9 @@ from PySide6.QtWidgets import (
 
 from app.tasks import get_task, load_tasks
 from app.ui import integrations
-from app.ui.child_process import run_in_child
+from app.child_process import run_in_child
 from app.ui.engine_host import EngineHost
-from app.ui.format import human_duration
+from app.format import human_duration
 from app.ui.plots import LossPlot
 from app.ui.workers import Worker
 

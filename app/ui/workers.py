@@ -100,7 +100,7 @@ class Worker(QRunnable):
             self.signals.yielded.emit(value)
 
     def _log_error(self, e: Exception) -> None:
-        from app.engine.base import EngineError
+        from app.errors import EngineError
 
         if isinstance(e, (EngineError, ValueError, OSError)):  # the user's problem, told in the window
             log.warning("%s: %s", self.name, e)

@@ -16,11 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import paths
-from app.engine.adapter_format import (
-    METADATA_FILE, _atomic_folder, check_base_model, detect_format, read_adapter, write_mlx, write_peft,
-)
-from app.engine.base import AdapterError, Engine, EngineError
+from app import hub, paths
+from app.engine.adapter_format import detect_format, read_adapter
+from app.engine.adapter_write import atomic_folder, write_mlx, write_peft
+from app.engine.base import Engine
+from app.engine.base_model import check_base_model
+from app.engine.lora import METADATA_FILE
+from app.errors import AdapterError, EngineError
+from app.format import human_bytes
 from app.jsonfile import JsonFile
 from app.names import check_name
 from app.tasks import get_task, task_names
@@ -133,7 +136,6 @@ def adapter_folder(task: str) -> Path | None:
     if local.exists():
         return local
     if "/" in source:  # a hub repo id: fetched once into the store
-        from app import hub
 
         folder = paths.adapters_dir() / task / source.replace("/", "--")
         if not (folder / "adapter_config.json").exists():
@@ -197,7 +199,7 @@ def add(task: str, folder: str | Path, name: str | None = None, source: str | No
 def _place(folder: Path, dest: Path, move: bool) -> None:
     """Copy (or move) `folder` to `dest` through a temp folder: a failed copy (disk full) leaves
     nothing behind and an existing `dest` untouched."""
-    tmp, commit = _atomic_folder(dest)
+    tmp, commit = atomic_folder(dest)
     shutil.rmtree(tmp)
     try:
         (shutil.move if move else shutil.copytree)(str(folder), str(tmp))
@@ -290,3 +292,43 @@ def load_task_adapters(engine: Engine, tasks: list[str] | None = None, force: bo
         except AdapterError as e:
             problems[task] = str(e)
     return problems
+
+
+def adapter_rows(every: bool = False) -> list[dict]:
+    """One row per task: its adapter's facts, or why it has none. Used by the CLI and the app.
+    With `every`, also a row for each other stored adapter of the task; `active` marks the one in use."""
+    def facts(row: dict, folder, source: str) -> dict:
+        try:
+            w = read_adapter(folder)
+            row.update(name=folder.name, base_model=w.base_model or "?", rank=w.rank, format=w.format,
+                       size=human_bytes(sum(p.stat().st_size for p in folder.iterdir() if p.is_file())),
+                       source=source, metadata=w.metadata)
+        except EngineError as e:
+            row.update(name=folder.name, source=f"unusable: {e}")
+        return row
+
+    rows = []
+    for task in task_names():
+        row = {"task": task, "name": None, "base_model": "", "rank": "", "size": "", "source": "", "format": "",
+               "active": False}
+        try:
+            folder = adapter_folder(task)
+        except EngineError as e:
+            folder, row["source"] = None, str(e)
+        if folder is None:
+            shipped = [facts({**row}, f, f"shipped with LoRA Desk (used when {base} is loaded)")
+                       for base, f in shipped_rows(task)]
+            if shipped:
+                rows += shipped
+                continue
+            row["source"] = row["source"] or f"none (loradesk train --task {task})"
+        else:
+            stored = current(task)
+            row["active"] = True
+            facts(row, folder, stored.source if stored and stored.path == folder else str(folder))
+        rows.append(row)
+        if every:
+            for a in list_adapters(task):
+                if a.path != folder and a.path.exists():
+                    rows.append(facts({"task": task, "active": False}, a.path, a.source))
+    return rows
