@@ -6,6 +6,7 @@ this interface; mlx and torch are imported inside the engine modules alone.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -67,10 +68,21 @@ class AdapterInfo:
     warning: str | None = None  # from check_base_model: what could not be checked, or --force used
 
 
+class _Active:
+    def __repr__(self):
+        return "ACTIVE"
+
+
+ACTIVE = _Active()  # stream_generate's adapter: the engine's active one
+
+
 class Engine(ABC):
     """Holds one base model and any number of resident adapters; one (or none) is active."""
 
     kind: str = "?"
+    # Answers decoded at once. 1: one at a time, `stream_generate` holds the engine's lock for a
+    # whole answer. More (llama.cpp): answers run side by side, each under its own adapter set.
+    max_batch: int = 1
     # Most prompt tokens per forward call during prefill (mlx-lm's default). Calls are sized by
     # `prefill_spans` to about PREFILL_SECONDS each, so `cancel` (checked between calls) is seen
     # within a second even on a slow CPU.
@@ -240,6 +252,10 @@ class Engine(ABC):
         """Sum of log p(continuation | context) over its tokens, and whether greedy decoding
         would produce exactly those tokens (lm-eval-harness's `loglikelihood`)."""
 
+    def scheduling(self) -> str:
+        """How concurrent answers run, for `info` and the app's status."""
+        return "one answer at a time (concurrent requests wait their turn)"
+
     @abstractmethod
     def memory_bytes(self) -> int:
         """Memory the engine holds now (weights, adapters, caches)."""
@@ -264,8 +280,12 @@ class Engine(ABC):
         messages: list[dict] | str,
         settings: GenerationSettings | None = None,
         cancel: threading.Event | None = None,
+        adapter=ACTIVE,
     ) -> Iterator[Chunk]:
         """Stream an answer to chat messages (or a raw prompt string).
+
+        `adapter` (a name, a {name: weight} mix, or None for the base model) answers with that
+        adapter set without changing the active one; by default the active one answers.
 
         The prompt keeps `settings.max_tokens` of the context free for the answer: an over-long
         input is cut to fit (see `fit_prompt`; every chunk says how many tokens were cut). Stop
@@ -281,8 +301,8 @@ class Engine(ABC):
         text = ""  # the full answer so far, to find stop strings that span pieces
         shown = 0  # how much of it has been yielded
         hold = max((len(s) for s in settings.stop), default=0)
-        with self._lock:
-            for piece, stats in self._stream_tokens(tokens, settings, cancel):
+        with self._answering(adapter) as tokens_of:
+            for piece, stats in tokens_of(tokens, settings, cancel):
                 if first is None and piece:
                     first = time.perf_counter() - start
                 finish = stats.get("finish_reason")
@@ -310,8 +330,33 @@ class Engine(ABC):
                 if finish:
                     return
 
-    def generate(self, messages, settings=None, cancel=None) -> str:
-        return "".join(c.text for c in self.stream_generate(messages, settings, cancel))
+    def generate(self, messages, settings=None, cancel=None, adapter=ACTIVE) -> str:
+        return "".join(c.text for c in self.stream_generate(messages, settings, cancel, adapter))
+
+    @contextlib.contextmanager
+    def _answering(self, adapter):
+        """The token loop of one answer under `adapter`. Here (one answer at a time): the engine's
+        lock for the whole answer, with the adapter switched to and back inside it. A batching
+        engine overrides this to hand the answer to its scheduler instead."""
+        with self._lock:
+            if adapter is ACTIVE:
+                yield self._stream_tokens
+                return
+            previous, previous_mix = self.active, dict(self._mix)
+            self.activate(adapter)
+            try:
+                yield self._stream_tokens
+            finally:
+                if self.active != previous:
+                    self._restore(previous, previous_mix)
+
+    def _restore(self, active, mix: dict) -> None:
+        from app.engine.mix import label
+
+        if mix and active == label(mix) and all(n in self.adapters for n in mix):
+            self.activate_mix(mix)
+        elif active is None or active in self.adapters:
+            self.activate(active)
 
     def fit_prompt(self, messages: list[dict] | str, max_tokens: int) -> tuple[list[int], int]:
         """Prompt token ids for `messages` leaving `max_tokens` of the context for the answer, and
@@ -371,15 +416,23 @@ def prefill_spans(n: int, most: int, seconds: float = PREFILL_SECONDS) -> Iterat
     machine ever smaller calls would only measure slower and slower (1-token calls made a 2k-token
     prefill 50x slower).
     """
-    floor = max(1, min(PREFILL_FIRST, most))
-    lo, size = 0, floor
+    lo, size = 0, next_prefill_size(None, 0, 0.0, most, seconds)
     while lo < n:
         hi = min(n, lo + size)
         t = time.perf_counter()
         yield lo, hi
-        rate = (hi - lo) / max(time.perf_counter() - t, 1e-6)
-        size = min(most, max(floor, min(4 * size, int(rate * seconds))))
+        size = next_prefill_size(size, hi - lo, time.perf_counter() - t, most, seconds)
         lo = hi
+
+
+def next_prefill_size(size: int | None, done: int, took: float, most: int, seconds: float = PREFILL_SECONDS) -> int:
+    """Tokens for the next prefill call after one of `size` tokens read `done` in `took` seconds
+    (None: the first call). The rule of `prefill_spans`, also used by the batching step loop."""
+    floor = max(1, min(PREFILL_FIRST, most))
+    if size is None:
+        return floor
+    rate = done / max(took, 1e-6)
+    return min(most, max(floor, min(4 * size, int(rate * seconds))))
 
 
 def _special_prefix(engine) -> list[int]:

@@ -5,25 +5,33 @@ Every adapter is converted once to a GGUF LoRA (gguf_lora.py) and loaded with
 `llama_adapter_lora_init`; all stay resident. A switch is one `llama_set_adapters_lora` call on the
 context. The high-level `Llama` object holds one adapter and keys its prompt cache on tokens only,
 so a switch there would reuse KV entries computed under another adapter (llama.cpp server #26207).
-Here the KV cache remembers which adapter set filled it: a prefix is reused only under the same set,
-otherwise the cache is cleared before the prompt is read.
+
+Here one context holds several sequences, each a KV slot filled under one adapter set
+(llamacpp_slots.py): a prefix is reused only under the set that computed it, and switching never
+clears another set's cache. Answers run side by side: the scheduler (batching.py) advances the
+answers under one adapter set together in one `llama_decode` (llamacpp_batch.py), and the sets
+take turns between steps.
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
+import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import llama_cpp
 import numpy as np
 
 from app import paths
 from app.engine.adapter_format import LoraWeights, check_base_model
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import ACTIVE, AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
+from app.engine.batching import BatchConfig, Request, Scheduler, StepLock
 from app.engine.gguf_lora import cached_gguf_lora, lora_dtype
+from app.engine.llamacpp_batch import Answer, Batch, piece_reader, step
+from app.engine.llamacpp_slots import SlotTable
 from app.engine.llamacpp_setup import (BATCH, DEFAULT_CTX, context_params, default_threads, extra_buffers,
                                        init_backend, last_errors, meta, model_params, why)
 from app.engine.text import chat_prompt, split_for_loglikelihood
@@ -69,8 +77,10 @@ class _Detokenizer:
 class LlamaCppEngine(Engine):
     kind = "llamacpp"
 
-    def __init__(self, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, n_ctx: int | None = None, threads: int | None = None, batch: BatchConfig | None = None):
         super().__init__()
+        self._lock = StepLock()  # handed over between batch steps
+        self.batch = batch or BatchConfig(max_batch=int(os.environ.get("LORADESK_BATCH", BatchConfig.max_batch)))
         init_backend()
         self.n_ctx_wanted = n_ctx or int(os.environ.get("LORADESK_CTX", DEFAULT_CTX))
         self.threads = threads or default_threads()
@@ -80,9 +90,9 @@ class LlamaCppEngine(Engine):
         self.template: _ChatTemplate | None = None
         self._lora: dict[str, tuple[object, Path]] = {}  # name -> (llama_adapter_lora_p, GGUF file)
         self._applied: tuple = ()  # (name, scale) pairs set on the context now
-        self._cache_owner: tuple | None = None  # the adapter set that filled the KV cache
-        self._cache: list[int] = []  # the tokens whose keys/values are in the KV cache
-        self._one = (llama_cpp.llama_token * 1)()
+        self._slots: SlotTable | None = None
+        self._scheduler: Scheduler | None = None
+        self._batch: Batch | None = None
         self._shapes: dict[str, tuple[int, int]] = {}
         self._lora_dtype = None  # the GGUF LoRA tensor type for the loaded base
         self._piece = ctypes.create_string_buffer(256)
@@ -105,7 +115,7 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"llama.cpp could not load {path}{why()}: it is not a complete GGUF model of an "
                               "architecture llama.cpp knows; download it again, or check the file")
         n_ctx = min(self.n_ctx_wanted, llama_cpp.llama_model_n_ctx_train(model) or self.n_ctx_wanted)
-        ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads))
+        ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads, self.batch.sequences))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise EngineError(f"llama.cpp could not create a {n_ctx}-token context for {path} (out of memory?); "
@@ -140,15 +150,30 @@ class LlamaCppEngine(Engine):
         self.name = meta(model, "general.name")
         file_type = meta(model, "general.file_type")
         self._lora_dtype = lora_dtype(int(file_type) if file_type and file_type.isdigit() else None)
+        self._start_batching(fp["num_hidden_layers"], fp["num_key_value_heads"] * head_dim)
         self.adapters.clear()
         self.active = None
         return self.model_info
+
+    def _start_batching(self, n_layer: int, kv_width: int) -> None:
+        # K and V in f16 (the context's default cache types): 2 x 2 bytes per layer and KV channel.
+        self._slots = SlotTable(self.ctx, self.batch.sequences, llama_cpp.llama_n_ctx(self.ctx), 4 * n_layer * kv_width)
+        self._batch = Batch(BATCH)
+        piece = piece_reader(self.vocab)  # the loop thread's own buffer
+        self._new_detok = lambda: _Detokenizer(piece)
+        self._scheduler = Scheduler(self._lock, self._admit, lambda group: step(self, group, self._batch),
+                                    self._release, self.batch)
 
     def _special_text(self, which: str) -> str:
         tok = getattr(llama_cpp, f"llama_vocab_{which}")(self.vocab)
         return self._piece_bytes(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
 
     def _free(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close(EngineError("the model was unloaded while answering; load it again and ask again"))
+        if self._batch is not None:
+            self._batch.free()
+        self._scheduler = self._slots = self._batch = None
         for adapter, _ in self._lora.values():
             llama_cpp.llama_adapter_lora_free(adapter)
         self._lora.clear()
@@ -157,7 +182,7 @@ class LlamaCppEngine(Engine):
         if self.model:
             llama_cpp.llama_model_free(self.model)
         self.ctx = self.model = self.vocab = None
-        self._applied, self._cache_owner, self._cache = (), None, []
+        self._applied = ()
 
     def __del__(self):
         try:
@@ -220,6 +245,7 @@ class LlamaCppEngine(Engine):
         old = self._lora.get(name)
         self._lora[name] = (adapter, gguf_file)
         if old is not None:  # replaced: an active adapter stays active, with the new weights
+            self._forget(name, "replaced")
             if any(n == name for n, _ in self._applied):
                 self._set(self._applied, force=True)
             llama_cpp.llama_adapter_lora_free(old[0])
@@ -231,6 +257,7 @@ class LlamaCppEngine(Engine):
         return self.adapters[name]
 
     def _drop(self, name: str) -> None:
+        self._forget(name, "removed")
         if any(n == name for n, _ in self._applied):
             self._set(())  # never free an adapter the context still uses
         adapter, _ = self._lora.pop(name, (None, None))
@@ -244,9 +271,16 @@ class LlamaCppEngine(Engine):
         # llama.cpp scales each adapter's own delta: y += scale * (alpha / r) * B A x, per adapter.
         self._set(tuple(pairs))
 
+    def _forget(self, name: str, how: str) -> None:
+        """An adapter's weights change or go: the answers under it stop (the rest would come from
+        other weights) and the caches it filled are dropped."""
+        uses = lambda key: any(n == name for n, _ in key)  # noqa: E731
+        self._scheduler.fail_where(uses, EngineError(f"adapter {name!r} was {how} during the answer; ask again"))
+        self._slots.forget(name)
+
     def _set(self, pairs: tuple, force: bool = False) -> None:
         """Point the context at these (adapter, scale) pairs: one llama_set_adapters_lora call.
-        A different set makes the KV cache stale; _prepare_cache sees that from _cache_owner."""
+        Each KV slot is filled under one set, so the caches stay right (llamacpp_slots.py)."""
         if pairs == self._applied and not force:
             return
         n = len(pairs)
@@ -255,8 +289,6 @@ class LlamaCppEngine(Engine):
         if llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales) != 0:
             raise AdapterError(f"llama.cpp refused the adapter set {[a for a, _ in pairs]}")
         self._applied = pairs
-        if force:
-            self._cache_owner = None
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -274,6 +306,7 @@ class LlamaCppEngine(Engine):
         return list(buf[:n])
 
     def _piece_bytes(self, token: int, special: bool = False) -> bytes:
+        # the batch loop has its own buffer (llamacpp_batch.piece_reader): this one is the callers'.
         buf = self._piece
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
@@ -289,54 +322,127 @@ class LlamaCppEngine(Engine):
         self.require_model()
         return chat_prompt(self.template, messages)
 
-    # -- the KV cache ---------------------------------------------------------------------
-    def _prepare_cache(self, tokens: list[int]) -> int:
-        """Keep the cached prefix of `tokens` computed under the current adapter set (at most all but
-        the last token, whose logits are needed); clear the rest. Returns how many are kept."""
-        mem = llama_cpp.llama_get_memory(self.ctx)
-        keep = 0
-        if self._cache_owner == self._applied:
-            limit = min(len(self._cache), len(tokens) - 1)
-            while keep < limit and self._cache[keep] == tokens[keep]:
-                keep += 1
-        if keep == 0 or not llama_cpp.llama_memory_seq_rm(mem, -1, keep, -1):
-            llama_cpp.llama_memory_clear(mem, True)
-            keep = 0
-        self._cache = self._cache[:keep]
-        self._cache_owner = self._applied
-        return keep
+    # -- the KV slots and the batch -----------------------------------------------------------
+    @property
+    def max_batch(self) -> int:
+        return self.batch.max_batch
 
-    def _decode(self, tokens: list[int]) -> None:
-        """Feed tokens through the model after the cache; logits for the last one only."""
-        if len(self._cache) + len(tokens) > self.context_length:
-            raise EngineError(f"the context is full ({self.context_length} tokens); start a new answer "
-                              "or set LORADESK_CTX higher")
-        if len(tokens) == 1:
-            self._one[0] = tokens[0]
-            arr = self._one
-        else:
-            arr = (llama_cpp.llama_token * len(tokens))(*tokens)
-        rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
+    def _key(self, adapter) -> tuple:
+        """The adapter set an answer runs under, as (name, scale) pairs (the slots' and groups' key)."""
+        from app.engine.mix import check_names, check_weights
+
+        if adapter is ACTIVE:
+            return tuple(self.mix.items())
+        if adapter is None:
+            return ()
+        if isinstance(adapter, Mapping):
+            weights = check_weights(adapter)
+            check_names(weights, self.adapters)
+            return tuple(weights.items())
+        self.check_adapter_name(adapter)
+        return ((adapter, 1.0),)
+
+    @contextlib.contextmanager
+    def _answering(self, adapter):
+        """Answers are not serialized here: each is a request to the scheduler, under its own
+        adapter set, and the engine's lock is taken only for a step at a time."""
+        key = self._key(adapter)
+        yield lambda tokens, settings, cancel: self._stream_tokens(tokens, settings, cancel, key)
+
+    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None,
+                       key: tuple | None = None) -> Iterator[tuple[str, dict]]:
+        key = tuple(self.mix.items()) if key is None else key
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise EngineError("no model is loaded; load one first (loradesk --model REF)")
+        yield from scheduler.submit(Request(key, list(tokens), settings, cancel)).results()
+
+    def _admit(self, r: Request) -> bool:
+        """A slot for the request (its cached prefix kept), or False to wait for one."""
+        missing = [n for n, _ in r.key if n not in self._lora]
+        if missing:
+            raise EngineError(f"adapter {missing[0]!r} was removed before the answer started; ask again")
+        got = self._slots.acquire(r.key, r.tokens, len(r.tokens) + r.settings.max_tokens)
+        if got is None:
+            if self._scheduler.running() == 0:
+                raise EngineError(f"the prompt and answer ({len(r.tokens)} + {r.settings.max_tokens} tokens) do not "
+                                  f"fit the context ({self.context_length} tokens); shorten them or set LORADESK_CTX")
+            return False
+        slot, kept = got
+        r.state = Answer(slot, kept, self._sampler(r.settings), self._new_detok())
+        return True
+
+    def _release(self, r: Request, ok: bool) -> None:
+        a = r.state
+        if a is None:
+            return
+        llama_cpp.llama_sampler_free(a.sampler)
+        self._slots.release(a.slot, keep_cache=ok and not a.broken)
+        r.state = None
+
+    def _decode_batch(self, batch: Batch) -> None:
+        rc = llama_cpp.llama_decode(self.ctx, batch.raw)
         if rc != 0:
-            self._cache_owner = None  # unknown state: the next call starts from an empty cache
             raise EngineError(f"llama.cpp could not decode ({rc}): the context ({self.context_length} tokens) "
                               "may be full")
-        self._cache += tokens
+
+    def cached_prefix(self, tokens: list[int], adapter=ACTIVE) -> int:
+        """How many of these prompt tokens an answer under `adapter` would find in a slot's cache."""
+        from app.engine.llamacpp_slots import common_prefix
+
+        key = self._key(adapter)
+        with self._lock:
+            return max((common_prefix(s.tokens, tokens, len(tokens) - 1) for s in self._slots.slots if s.key == key),
+                       default=0)
+
+    def slots_report(self) -> dict:
+        with self._lock:
+            return {**self._slots.report(), "max_batch": self.batch.max_batch,
+                    "running": self._scheduler.running(), "waiting": self._scheduler.waiting()}
+
+    def scheduling(self) -> str:
+        if self._slots is None:
+            return super().scheduling()
+        r = self.slots_report()
+        mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+        return (f"batched: up to {r['max_batch']} answers per step, adapter sets take turns; KV slots: "
+                f"{r['slots']} sequences over one {self.context_length}-token cache ({mb(r['capacity_bytes'])}), "
+                f"{r['in_use']} in use holding {r['tokens']} tokens ({mb(r['bytes'])})")
+
+    def _read(self, tokens: list[int], every: bool = False, reuse: int | None = None) -> tuple[int, list[np.ndarray]]:
+        """Read `tokens` under the active set in a slot of its own (the caller holds the lock, so
+        no step runs meanwhile), reusing a cached prefix of at most `reuse` tokens. Returns that
+        prefix's length and the logits at every token after it (`every`), or at the last. For
+        log-likelihoods and parity checks, outside the batch."""
+        key = tuple(self.mix.items())
+        got = self._slots.acquire(key, tokens, len(tokens), reuse)
+        if got is None:
+            raise EngineError("the context is full with running answers; try again when they finish")
+        slot, kept = got
+        ok = False
+        try:
+            self._set(key)
+            out = []
+            for lo in range(kept, len(tokens), BATCH):
+                chunk = tokens[lo:lo + BATCH]
+                self._batch.clear()
+                for j, tok in enumerate(chunk):
+                    self._batch.add(tok, lo + j, slot.seq, every or lo + j == len(tokens) - 1)
+                self._decode_batch(self._batch)
+                slot.tokens += chunk
+                if every:
+                    out += [self._logits(j).copy() for j in range(len(chunk))]
+            if not every:
+                out.append(self._logits().copy())
+            ok = True
+            return kept, out
+        finally:
+            self._slots.release(slot, keep_cache=ok)
 
     def _logits(self, i: int = -1) -> np.ndarray:
         n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
-
-    def _prefill(self, tokens: list[int], cancel=None) -> bool:
-        """Read the prompt after its reusable prefix in steps of about a second (at most BATCH
-        tokens, llama.cpp's batch size), checking `cancel` before each; False if cancelled."""
-        keep = self._prepare_cache(tokens)
-        for lo, hi in prefill_spans(len(tokens) - keep, min(BATCH, self.prefill_step_size)):
-            if cancel is not None and cancel.is_set():
-                return False
-            self._decode(tokens[keep + lo:keep + hi])
-        return True
 
     # -- generation -----------------------------------------------------------------------
     def _sampler(self, settings: GenerationSettings):
@@ -351,76 +457,16 @@ class LlamaCppEngine(Engine):
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
-    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None) -> Iterator[tuple[str, dict]]:
-        import psutil
-
-        proc = psutil.Process()
-        start = time.perf_counter()
-        if not self._prefill(tokens, cancel):
-            yield "", {"prompt_tokens": len(tokens), "finish_reason": "cancelled"}
-            return
-        prompt_tps = len(tokens) / max(time.perf_counter() - start, 1e-9)
-        sampler = self._sampler(settings)
-        detok = _Detokenizer(lambda t: self._piece_bytes(t, special=True))
-        peak = proc.memory_info().rss / 1e9
-        t_first = None
-        try:
-            for n in range(1, settings.max_tokens + 1):
-                if cancel is not None and cancel.is_set():
-                    yield detok.flush(), {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps,
-                                          "generation_tokens": n - 1, "finish_reason": "cancelled"}
-                    return
-                token = llama_cpp.llama_sampler_sample(sampler, self.ctx, -1)
-                now = time.perf_counter()
-                if t_first is None:
-                    t_first = now
-                if n % 32 == 0:
-                    peak = max(peak, proc.memory_info().rss / 1e9)
-                stats = {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps, "generation_tokens": n,
-                         "generation_tps": decode_rate(n, t_first, now), "peak_memory": peak}
-                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                    yield detok.flush(), {**stats, "finish_reason": "stop"}
-                    return
-                piece = detok.add(token)
-                if n == settings.max_tokens:
-                    yield piece + detok.flush(), {**stats, "finish_reason": "length"}
-                    return
-                yield piece, stats
-                self._decode([token])
-        finally:
-            llama_cpp.llama_sampler_free(sampler)
-
     def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
         self.require_model()
         ctx, cont = split_for_loglikelihood(self.encode, context, continuation)
         with self._lock:
-            # The context's cached prefix is reused (MathQA's options share it); the continuation
-            # is read in one pass that keeps the logits of each of its positions.
-            self._prefill(ctx)
-            rows = [self._logprobs(self._logits(), cont[0])]
-            rows += [self._logprobs(x, t) for x, t in zip(self._decode_all(cont[:-1]), cont[1:])]
+            # One pass over the context and the continuation but its last token, keeping the logits
+            # from the context's last token on; the context's cached prefix is reused (MathQA's
+            # options share it).
+            kept, logits = self._read((ctx + cont)[:-1], every=True, reuse=len(ctx) - 1)
+            rows = [self._logprobs(x, t) for x, t in zip(logits[len(ctx) - 1 - kept:], cont)]
         return float(sum(lp for lp, _ in rows)), all(g for _, g in rows)
-
-    def _decode_all(self, tokens: list[int]) -> Iterator[np.ndarray]:
-        """Feed tokens after the cache, yielding the logits at every one of them."""
-        if len(self._cache) + len(tokens) > self.context_length:
-            raise EngineError(f"the input does not fit the context ({self.context_length} tokens)")
-        batch = llama_cpp.llama_batch_init(BATCH, 0, 1)
-        try:
-            for i in range(0, len(tokens), BATCH):
-                chunk = tokens[i:i + BATCH]
-                batch.n_tokens = len(chunk)
-                for j, tok in enumerate(chunk):
-                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, len(self._cache) + j, 1
-                    batch.seq_id[j][0], batch.logits[j] = 0, True
-                if llama_cpp.llama_decode(self.ctx, batch) != 0:
-                    self._cache_owner = None
-                    raise EngineError("llama.cpp could not decode the input")
-                self._cache += chunk
-                for j in range(len(chunk)):
-                    yield self._logits(j)
-        finally:
-            llama_cpp.llama_batch_free(batch)
 
     @staticmethod
     def _logprobs(logits: np.ndarray, target: int) -> tuple[float, bool]:
@@ -433,8 +479,7 @@ class LlamaCppEngine(Engine):
         """Logits for the token after `text` (float32 copy), for parity checks."""
         tokens = self.encode(text)
         with self._lock:
-            self._prefill(tokens)
-            return self._logits().copy()
+            return self._read(tokens)[1][-1]
 
     def memory_bytes(self) -> int:
         """The model's tensors, the resident adapters' GGUF tensors and the context's state (KV)."""
