@@ -203,6 +203,7 @@ def test_the_slots_report_their_memory(engine):
     # (the saved state also writes each cell's position, sequence count and sequence id: 12 bytes)
     assert n2 > n1 and b2 - b1 == (n2 - n1) * (engine._slots.bytes_per_token + 12)
     assert "KV slots" in engine.scheduling() and "answers per step" in engine.scheduling()
+    assert engine.batch_status().startswith("0 answering · KV slots ")
 
 
 def test_unloading_ends_running_answers_with_a_clear_error(tiny_ggufs, tiny_adapters):

@@ -253,8 +253,13 @@ class Engine(ABC):
         would produce exactly those tokens (lm-eval-harness's `loglikelihood`)."""
 
     def scheduling(self) -> str:
-        """How concurrent answers run, for `info` and the app's status."""
+        """How concurrent answers run, for `info` and the model's tooltip in the app."""
         return "one answer at a time (concurrent requests wait their turn)"
+
+    def batch_status(self) -> str:
+        """The answers running now and the cache they hold, in a few words for the status bar
+        ('' for an engine that answers one at a time)."""
+        return ""
 
     @abstractmethod
     def memory_bytes(self) -> int:

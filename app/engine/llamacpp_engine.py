@@ -409,6 +409,14 @@ class LlamaCppEngine(Engine):
                 f"{r['slots']} sequences over one {self.context_length}-token cache ({mb(r['capacity_bytes'])}), "
                 f"{r['in_use']} in use holding {r['tokens']} tokens ({mb(r['bytes'])})")
 
+    def batch_status(self) -> str:
+        if self._slots is None:
+            return ""
+        r = self.slots_report()
+        waiting = f", {r['waiting']} waiting" if r["waiting"] else ""
+        return (f"{r['running']} answering{waiting} · KV slots {r['in_use']}/{r['slots']}, "
+                f"{r['tokens']} tokens ({r['bytes'] / 1e6:.1f} MB)")
+
     def _read(self, tokens: list[int], every: bool = False, reuse: int | None = None) -> tuple[int, list[np.ndarray]]:
         """Read `tokens` under the active set in a slot of its own (the caller holds the lock, so
         no step runs meanwhile), reusing a cached prefix of at most `reuse` tokens. Returns that

@@ -2,7 +2,8 @@
 
 A thin layer over the engine interface and the task records, like the CLI: the request's `model`
 picks the adapter (app/serve/catalog.py), the task record gives the prompt and the default
-decoding settings, and every generation is one job on the single engine queue (app/serve/queue.py).
+decoding settings, and every generation is one job on the single engine queue (app/serve/queue.py);
+on an engine that batches (llama.cpp), the jobs run side by side and its scheduler interleaves them.
 Errors always come back in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 from __future__ import annotations
@@ -174,8 +175,8 @@ def settings_for(body: _Body, target: catalog.Target, limit: int, max_tokens: in
 
 
 def generation_job(backend: Backend, target: catalog.Target, prompt, settings: GenerationSettings):
-    """The engine-thread job of one request: its adapter, its answer, then the previous adapter
-    back (so the app's tabs find the engine as they left it)."""
+    """The engine job of one request: its answer under its own adapter. The engine's active
+    adapter, which the app's tabs use, is left as it was."""
 
     def job(cancel):
         engine = backend.engine()
@@ -183,13 +184,7 @@ def generation_job(backend: Backend, target: catalog.Target, prompt, settings: G
             raise ApiError(503, "the model is loading; retry in a moment", "server_error", code="model_loading")
         if target.folder is not None and target.adapter not in engine.adapters:
             engine.add_adapter(target.adapter, target.folder)  # stays resident for the next requests
-        previous = engine.active
-        engine.activate(target.adapter)
-        try:
-            yield from engine.stream_generate(prompt, settings, cancel)
-        finally:
-            if engine.active != previous and (previous is None or previous in engine.adapters):
-                engine.activate(previous)
+        yield from engine.stream_generate(prompt, settings, cancel, adapter=target.adapter)
 
     return job
 
@@ -312,7 +307,9 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
 
     async def _answer(request, body, target, prompt, settings, chat: bool):
         try:
-            ticket, chunks = queue.submit(generation_job(backend, target, prompt, settings), label=target.id)
+            engine = backend.engine()
+            ticket, chunks = queue.submit(generation_job(backend, target, prompt, settings), label=target.id,
+                                          side_by_side=getattr(engine, "max_batch", 1) > 1)
         except QueueFull as e:
             raise ApiError(503, str(e), "server_error", code="queue_full",
                            headers={"Retry-After": str(e.retry_after)}) from None

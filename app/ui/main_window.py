@@ -126,7 +126,7 @@ class MainWindow(QMainWindow):
         self.model_status.setToolTip(str(ref))
 
     def _model_loaded(self, info) -> None:
-        self.model_status.setToolTip(str(info.path))
+        self.model_status.setToolTip(f"{info.path}\n{self.host.engine.scheduling()}")
         self.settings[f"model.{self.host.kind}"] = str(info.ref)
         self._persist_settings()
         problems = self.host.problems
