@@ -19,7 +19,7 @@ SETS = ["math", "code", None, {"math": 0.7, "code": 0.3}]
 def _engine(tiny_ggufs, tiny_adapters, **kw):
     from app.engine.llamacpp_engine import LlamaCppEngine
 
-    e = LlamaCppEngine(**kw)
+    e = LlamaCppEngine(threads=1, **kw)  # two threads on a busy 2-core machine wait on each other at every op
     e.load(tiny_ggufs["qwen2"])
     for name in ("math", "code", "paraphrase"):
         e.add_adapter(name, tiny_adapters["qwen2"][name])
