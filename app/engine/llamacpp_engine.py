@@ -95,7 +95,6 @@ class LlamaCppEngine(Engine):
         self._batch: Batch | None = None
         self._shapes: dict[str, tuple[int, int]] = {}
         self._lora_dtype = None  # the GGUF LoRA tensor type for the loaded base
-        self._piece = ctypes.create_string_buffer(256)
         self.device = ("cpu (llama.cpp" + (", GPU offload" if llama_cpp.llama_supports_gpu_offload() else "")
                        + f"; weight repacking {extra_buffers()[1]})")
 
@@ -306,8 +305,7 @@ class LlamaCppEngine(Engine):
         return list(buf[:n])
 
     def _piece_bytes(self, token: int, special: bool = False) -> bytes:
-        # the batch loop has its own buffer (llamacpp_batch.piece_reader): this one is the callers'.
-        buf = self._piece
+        buf = ctypes.create_string_buffer(256)  # one per call: requests' threads call this at once
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
