@@ -15,8 +15,8 @@ take turns between steps.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import contextlib
+import ctypes
 import os
 import time
 from pathlib import Path
