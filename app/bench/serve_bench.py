@@ -71,7 +71,7 @@ def _scenario(url: str, clients: int, requests: int, alternate: bool, text: str,
             "tok_s": round(sum(r["tokens"] for r in results) / wall, 2)}
 
 
-def _switch_back_ttft(url: str, text: str, max_tokens: int, rounds: int = 3) -> dict:
+def _switch_back_ttft(url: str, text: str, max_tokens: int, rounds: int = 6) -> dict:
     """Median first-token time of a request right after one under the same adapter (no switch) and
     right after one under the other adapter (a switch back to a cached prompt), one client."""
     import openai
