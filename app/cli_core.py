@@ -203,6 +203,7 @@ def cmd_info(args) -> int:
         info = s.engine.model_info
         print(f"device:   {getattr(s.engine, 'device', 'cpu' if kind == 'torch' else 'mlx default')}")
         print(f"loaded:   {info.path} ({info.model_type}, {info.quantization or 'unquantized'}, {human_bytes(info.bytes)})")
+        print(f"answers:  {s.engine.scheduling()}")
         for name, a in s.engine.adapters.items():
             print(f"adapter:  {name}: {a.format}, rank {a.rank}, {a.modules} layers, {human_bytes(a.bytes)}")
         for task, why in s.problems.items():

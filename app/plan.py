@@ -91,33 +91,20 @@ def plan(text: str, task: str | None = None, mix: dict[str, float] | None = None
     return Plan(messages, record.generation, tasks, mix, note, record.name)
 
 
-def _selection(engine):
-    """What engine.activate takes to get the active adapter back: a name, a mix's weights or None."""
-    if engine.active is None or engine.active in engine.adapters:
-        return engine.active
-    return engine.mix
-
-
-def _resident(selection, engine) -> bool:
-    names = selection if isinstance(selection, Mapping) else [selection] if selection is not None else []
-    return all(n in engine.adapters for n in names)
-
-
 def answer(engine, adapter, messages, settings: GenerationSettings, cancel: threading.Event | None = None,
            folder=None, restore: bool = True) -> Iterator:
-    """Activate `adapter` (a name, a {name: weight} mix, None for the base model, or KEEP), adding
-    it from `folder` first when it is not resident (it stays resident); stream the answer's Chunks;
-    then, with `restore`, activate what was active before (also after a cancel or an error), so the
-    next request and the app's tabs find the engine as they left it."""
+    """Answer with `adapter` (a name, a {name: weight} mix, None for the base model, or KEEP),
+    adding it from `folder` first when it is not resident (it stays resident); stream the answer's
+    Chunks. With `restore` the engine answers under that adapter set without changing its active
+    one (a batching engine runs it beside other answers), so the next request and the app's tabs
+    find the engine as they left it; without, the adapter set stays active."""
     if adapter == KEEP:
         yield from engine.stream_generate(messages, settings, cancel)
         return
     if folder is not None and isinstance(adapter, str) and adapter not in engine.adapters:
         engine.add_adapter(adapter, folder)
-    previous, previous_label = _selection(engine), engine.active
+    if restore:
+        yield from engine.stream_generate(messages, settings, cancel, adapter=adapter)
+        return
     engine.activate(adapter)
-    try:
-        yield from engine.stream_generate(messages, settings, cancel)
-    finally:
-        if restore and engine.active != previous_label and _resident(previous, engine):
-            engine.activate(previous)
+    yield from engine.stream_generate(messages, settings, cancel)

@@ -146,7 +146,7 @@ def test_prefill_calls_are_paced_to_a_fraction_of_a_second():
     """On a slow model each prefill call still ends well within a second, so a Stop is seen in time."""
     import time
 
-    from app.engine.base import PREFILL_SECONDS, prefill_spans
+    from app.engine.rates import PREFILL_SECONDS, prefill_spans
 
     per_token = 0.004  # a 250 tokens/s prefill: a 1.5B model on a laptop CPU
     durations, spans = [], []

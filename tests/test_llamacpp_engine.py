@@ -111,10 +111,10 @@ def test_a_repeated_prompt_reuses_its_prefix_under_the_same_adapter(tiny_ggufs, 
     e.activate("math")
     first = e.generate(MSGS, GREEDY20)
     tokens = e.encode(e.chat_prompt(MSGS))
-    assert e._prepare_cache(tokens) == len(tokens) - 1  # all but the last prompt token kept
+    assert e.cached_prefix(tokens) == len(tokens) - 1  # all but the last prompt token kept
     assert e.generate(MSGS, GREEDY20) == first
     e.activate(None)
-    assert e._prepare_cache(tokens) == 0  # another adapter set: nothing is kept
+    assert e.cached_prefix(tokens) == 0  # another adapter set: nothing is kept
 
 
 def test_a_quantized_gguf_answers_on_any_cpu(tiny_models, tiny_ggufs, tmp_path):
@@ -234,15 +234,15 @@ def test_cancel_during_the_prefill_stops_before_the_prompt_is_read(tiny_ggufs):
     e = create_engine("llamacpp")
     e.load(tiny_ggufs["qwen2"])
     calls = []
-    real = e._decode
+    real = e._decode_batch
 
-    def counted(tokens):
-        calls.append(len(tokens))
+    def counted(batch):
+        calls.append(batch.n)
         if len(calls) == 2:
             cancel.set()  # as if Stop was pressed while the prompt is being read
-        real(tokens)
+        real(batch)
 
-    e._decode = counted
+    e._decode_batch = counted
     e.prefill_step_size = 8
     cancel = threading.Event()
     prompt = " ".join(["word"] * 300)

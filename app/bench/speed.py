@@ -10,7 +10,7 @@
 - the process's resident memory with all adapters minus before them, / their bytes on disk (<= 1.05);
 - with `--vs ENGINE=MODEL`, another engine's base decode on the same prompt, interleaved in the same
   run (llama.cpp's target: >= 2x the torch engine's).
-Decode tokens/s is one rule everywhere (base.decode_tps): the steps after the first token over
+Decode tokens/s is one rule everywhere (rates.decode_tps): the steps after the first token over
 their own time. The engine-specific reference lives in app/engine/<kind>_bench.py (this module
 imports no engine library).
 """
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.engine.base import decode_tps, percentile
+from app.engine.rates import decode_tps, percentile
 from app.store import adapter_folder
 from app.session import choose_engine, choose_model, new_engine
 from app.tasks import GenerationSettings, get_task, task_names

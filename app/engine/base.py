@@ -6,6 +6,7 @@ this interface; mlx and torch are imported inside the engine modules alone.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -65,10 +66,21 @@ class AdapterInfo:
     warning: str | None = None  # from check_base_model: what could not be checked, or --force used
 
 
+class _Active:
+    def __repr__(self):
+        return "ACTIVE"
+
+
+ACTIVE = _Active()  # stream_generate's adapter: the engine's active one
+
+
 class Engine(ABC):
     """Holds one base model and any number of resident adapters; one (or none) is active."""
 
     kind: str = "?"
+    # Answers decoded at once. 1: one at a time, `stream_generate` holds the engine's lock for a
+    # whole answer. More (llama.cpp): answers run side by side, each under its own adapter set.
+    max_batch: int = 1
     # Most prompt tokens per forward call during prefill (mlx-lm's default). Calls are sized by
     # `prefill_spans` to about PREFILL_SECONDS each, so `cancel` (checked between calls) is seen
     # within a second even on a slow CPU.
@@ -231,6 +243,15 @@ class Engine(ABC):
         """Sum of log p(continuation | context) over its tokens, and whether greedy decoding
         would produce exactly those tokens (lm-eval-harness's `loglikelihood`)."""
 
+    def scheduling(self) -> str:
+        """How concurrent answers run, for `info` and the model's tooltip in the app."""
+        return "one answer at a time (concurrent requests wait their turn)"
+
+    def batch_status(self) -> str:
+        """The answers running now and the cache they hold, in a few words for the status bar
+        ('' for an engine that answers one at a time)."""
+        return ""
+
     @abstractmethod
     def memory_bytes(self) -> int:
         """Memory the engine holds now (weights, adapters, caches)."""
@@ -255,8 +276,12 @@ class Engine(ABC):
         messages: list[dict] | str,
         settings: GenerationSettings | None = None,
         cancel: threading.Event | None = None,
+        adapter=ACTIVE,
     ) -> Iterator[Chunk]:
         """Stream an answer to chat messages (or a raw prompt string).
+
+        `adapter` (a name, a {name: weight} mix, or None for the base model) answers with that
+        adapter set without changing the active one; by default the active one answers.
 
         The prompt keeps `settings.max_tokens` of the context free for the answer: an over-long
         input is cut to fit (see `fit_prompt`; every chunk says how many tokens were cut). Stop
@@ -272,8 +297,8 @@ class Engine(ABC):
         text = ""  # the full answer so far, to find stop strings that span pieces
         shown = 0  # how much of it has been yielded
         hold = max((len(s) for s in settings.stop), default=0)
-        with self._lock:
-            for piece, stats in self._stream_tokens(tokens, settings, cancel):
+        with self._answering(adapter) as tokens_of:
+            for piece, stats in tokens_of(tokens, settings, cancel):
                 if first is None and piece:
                     first = time.perf_counter() - start
                 finish = stats.get("finish_reason")
@@ -301,8 +326,33 @@ class Engine(ABC):
                 if finish:
                     return
 
-    def generate(self, messages, settings=None, cancel=None) -> str:
-        return "".join(c.text for c in self.stream_generate(messages, settings, cancel))
+    def generate(self, messages, settings=None, cancel=None, adapter=ACTIVE) -> str:
+        return "".join(c.text for c in self.stream_generate(messages, settings, cancel, adapter))
+
+    @contextlib.contextmanager
+    def _answering(self, adapter):
+        """The token loop of one answer under `adapter`. Here (one answer at a time): the engine's
+        lock for the whole answer, with the adapter switched to and back inside it. A batching
+        engine overrides this to hand the answer to its scheduler instead."""
+        with self._lock:
+            if adapter is ACTIVE:
+                yield self._stream_tokens
+                return
+            previous, previous_mix = self.active, dict(self._mix)
+            self.activate(adapter)
+            try:
+                yield self._stream_tokens
+            finally:
+                if self.active != previous:
+                    self._restore(previous, previous_mix)
+
+    def _restore(self, active, mix: dict) -> None:
+        from app.engine.mix import label
+
+        if mix and active == label(mix) and all(n in self.adapters for n in mix):
+            self.activate_mix(mix)
+        elif active is None or active in self.adapters:
+            self.activate(active)
 
     def fit_prompt(self, messages: list[dict] | str, max_tokens: int) -> tuple[list[int], int]:
         """Prompt token ids for `messages` leaving `max_tokens` of the context for the answer, and
@@ -342,35 +392,6 @@ class Engine(ABC):
         raise EngineError(f"the prompt does not fit: its instructions alone are about {len(tokens) - n_input} tokens "
                           f"and {max_tokens} are kept for the answer, in this model's {limit}-token context. "
                           "Ask for a shorter answer.")
-
-
-# Target duration of one prefill forward call: a Stop waits for at most about this long. Longer
-# calls waste less on the per-call cost (on a busy 2-core CPU, 32-token calls of a small model read
-# a 2k-token prompt several times slower than one call; 200-token calls about 2x).
-PREFILL_SECONDS = 0.4
-PREFILL_FIRST = 32  # tokens in the first call, before the model's speed is known
-
-
-def prefill_spans(n: int, most: int, seconds: float = PREFILL_SECONDS) -> Iterator[tuple[int, int]]:
-    """(start, end) of each prefill forward call over `n` prompt tokens, at most `most` tokens each.
-
-    The caller runs one call per span before asking for the next; the time between two steps of
-    this generator is that call's duration, and the next span is sized to take about `seconds` at
-    that speed (growing at most 4x a step). A tiny model reads its prompt in a few large calls; a
-    1.5B model on a laptop CPU (100-300 tokens/s) in calls of a few dozen tokens. Never fewer than
-    PREFILL_FIRST tokens a call (unless `most` is smaller): a call has a fixed cost, so on a busy
-    machine ever smaller calls would only measure slower and slower (1-token calls made a 2k-token
-    prefill 50x slower).
-    """
-    floor = max(1, min(PREFILL_FIRST, most))
-    lo, size = 0, floor
-    while lo < n:
-        hi = min(n, lo + size)
-        t = time.perf_counter()
-        yield lo, hi
-        rate = (hi - lo) / max(time.perf_counter() - t, 1e-6)
-        size = min(most, max(floor, min(4 * size, int(rate * seconds))))
-        lo = hi
 
 
 def _special_prefix(engine) -> list[int]:
@@ -417,22 +438,3 @@ def give_back_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # musl or another libc: nothing to do
             pass
-
-
-def decode_rate(tokens: int, first: float, now: float) -> float:
-    """Decode tokens/s after `tokens` generated tokens, the first at time `first`: the steps after
-    the first token (the prefill produced it) over their own time. The one rule for every engine's
-    stream and every raw reference (N tokens over N-1 steps would overstate 32 tokens by 3 %)."""
-    return (tokens - 1) / max(now - first, 1e-9) if tokens > 1 else 0.0
-
-
-def decode_tps(stamps: list[float]) -> float:
-    """decode_rate from the times at which each generated token became available."""
-    return decode_rate(len(stamps), stamps[0], stamps[-1]) if stamps else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of `values` by the nearest rank: a value that was measured, never an
-    interpolation (a p99 of 100 switches is the 99th slowest). The one rule of every benchmark."""
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from app.engine.base import decode_tps
+from app.engine.rates import decode_tps
 from app.engine.llamacpp_setup import BATCH, extra_buffers
 
 

@@ -5,35 +5,39 @@ Every adapter is converted once to a GGUF LoRA (gguf_lora.py) and loaded with
 `llama_adapter_lora_init`; all stay resident. A switch is one `llama_set_adapters_lora` call on the
 context. The high-level `Llama` object holds one adapter and keys its prompt cache on tokens only,
 so a switch there would reuse KV entries computed under another adapter (llama.cpp server #26207).
-Here the KV cache remembers which adapter set filled it: a prefix is reused only under the same set,
-otherwise the cache is cleared before the prompt is read.
 
-When one adapter set stays active, a merged copy of the matrices it changes is built in the
-background (llamacpp_merge.py) and swapped in before the next answer: no LoRA in the graph. Any
-switch goes back to the base plus resident LoRA before the next decode; a switch to another
-adapter set, or low free memory, drops the copy.
+Here one context holds several sequences, each a KV slot filled under one adapter set
+(llamacpp_slots.py): a prefix is reused only under the set that computed it, and switching never
+clears another set's cache. Answers run side by side: the scheduler (batching.py) advances the
+answers under one adapter set together in one `llama_decode` (llamacpp_batch.py), and the sets
+take turns between steps.
+
+When one adapter set is decoded alone for a while, a merged copy of the matrices it changes is
+built in the background and swapped in: no LoRA in the graph (llamacpp_merged.py says when).
 """
 from __future__ import annotations
 
 import codecs
 import ctypes
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import llama_cpp
 import numpy as np
 
 from app import paths
-from app.engine import llamacpp_merge as merging
-from app.engine.lora import LoraWeights
+from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo
 from app.engine.base_model import check_base_model, looks_like_repo_id
-from app.engine.base import AdapterError, AdapterInfo, Engine, EngineError, ModelInfo, decode_rate, prefill_spans
+from app.engine.batching import BatchConfig, Scheduler, StepLock
 from app.engine.gguf_lora import cached_gguf_lora, lora_dtype
+from app.engine.llamacpp_answers import SlotAnswers
+from app.engine.llamacpp_batch import Batch, piece_reader, step
+from app.engine.llamacpp_merged import MergedCopies
 from app.engine.llamacpp_setup import (BATCH, DEFAULT_CTX, context_params, default_threads, extra_buffers,
                                        init_backend, last_errors, meta, model_params, why)
+from app.engine.llamacpp_slots import SlotTable
+from app.engine.lora import LoraWeights
 from app.engine.text import chat_prompt, split_for_loglikelihood
 from app.tasks import GenerationSettings
 
@@ -74,11 +78,13 @@ class _Detokenizer:
         return self._utf8.decode(b"", final=True)
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(SlotAnswers, MergedCopies, Engine):
     kind = "llamacpp"
 
-    def __init__(self, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, n_ctx: int | None = None, threads: int | None = None, batch: BatchConfig | None = None):
         super().__init__()
+        self._lock = StepLock()  # handed over between batch steps
+        self.batch = batch or BatchConfig(max_batch=int(os.environ.get("LORADESK_BATCH", BatchConfig.max_batch)))
         init_backend()
         self.n_ctx_wanted = n_ctx or int(os.environ.get("LORADESK_CTX", DEFAULT_CTX))
         self.threads = threads or default_threads()
@@ -87,24 +93,12 @@ class LlamaCppEngine(Engine):
         self.vocab = None
         self.template: _ChatTemplate | None = None
         self._lora: dict[str, tuple[object, Path]] = {}  # name -> (llama_adapter_lora_p, GGUF file)
-        self._applied: tuple = ()  # (name, scale) pairs set on the context now
-        self._cache_owner: tuple | None = None  # the adapter set that filled the KV cache
-        self._cache: list[int] = []  # the tokens whose keys/values are in the KV cache
-        self._one = (llama_cpp.llama_token * 1)()
+        self._init_merging()
+        self._slots: SlotTable | None = None
+        self._scheduler: Scheduler | None = None
+        self._batch: Batch | None = None
         self._shapes: dict[str, tuple[int, int]] = {}
         self._lora_dtype = None  # the GGUF LoRA tensor type for the loaded base
-        self._piece = ctypes.create_string_buffer(256)
-        # The merged copy (see the module docstring): None = off; else seconds an adapter set must
-        # stay active before its copy is built.
-        self.merge_after = merge_after()
-        self.merge_min_free = int(float(os.environ.get("LORADESK_MERGE_MIN_FREE_MB", 1024)) * 2**20)
-        self.merge_note = "" if self.merge_after is not None else "off (LORADESK_MERGE=off)"
-        self._ctx_loras: tuple = ()  # what llama_set_adapters_lora last gave the context
-        self._since = time.monotonic()  # when the current adapter set became active
-        self._merged: merging.MergedCopy | None = None
-        self._building: tuple | None = None  # (adapter set, cancel event, thread)
-        self._built: merging.MergedCopy | None = None  # handed over by the build thread
-        self._tensors: dict[str, int] | None = None
         self.device = ("cpu (llama.cpp" + (", GPU offload" if llama_cpp.llama_supports_gpu_offload() else "")
                        + f"; weight repacking {extra_buffers()[1]})")
 
@@ -122,7 +116,7 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"llama.cpp could not load {path}{why()}: it is not a complete GGUF model of an "
                               "architecture llama.cpp knows; download it again, or check the file")
         n_ctx = min(self.n_ctx_wanted, llama_cpp.llama_model_n_ctx_train(model) or self.n_ctx_wanted)
-        ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads))
+        ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, self.threads, self.batch.sequences))
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise EngineError(f"llama.cpp could not create a {n_ctx}-token context for {path} (out of memory?); "
@@ -157,9 +151,19 @@ class LlamaCppEngine(Engine):
         self.name = meta(model, "general.name")
         file_type = meta(model, "general.file_type")
         self._lora_dtype = lora_dtype(int(file_type) if file_type and file_type.isdigit() else None)
+        self._start_batching(fp["num_hidden_layers"], fp["num_key_value_heads"] * head_dim)
         self.adapters.clear()
         self.active = None
         return self.model_info
+
+    def _start_batching(self, n_layer: int, kv_width: int) -> None:
+        # K and V in f16 (the context's default cache types): 2 x 2 bytes per layer and KV channel.
+        self._slots = SlotTable(self.ctx, self.batch.sequences, llama_cpp.llama_n_ctx(self.ctx), 4 * n_layer * kv_width)
+        self._batch = Batch(BATCH)
+        piece = piece_reader(self.vocab)  # the loop thread's own buffer
+        self._new_detok = lambda: _Detokenizer(piece)
+        self._scheduler = Scheduler(self._lock, self._admit, lambda group: step(self, group, self._batch),
+                                    self._release, self.batch)
 
     def _special_text(self, which: str) -> str:
         tok = getattr(llama_cpp, f"llama_vocab_{which}")(self.vocab)
@@ -168,6 +172,11 @@ class LlamaCppEngine(Engine):
     def _free(self) -> None:
         self._drop_merged(wait=True)
         self._tensors = None
+        if self._scheduler is not None:
+            self._scheduler.close(EngineError("the model was unloaded while answering; load it again and ask again"))
+        if self._batch is not None:
+            self._batch.free()
+        self._scheduler = self._slots = self._batch = None
         for adapter, _ in self._lora.values():
             llama_cpp.llama_adapter_lora_free(adapter)
         self._lora.clear()
@@ -176,7 +185,7 @@ class LlamaCppEngine(Engine):
         if self.model:
             llama_cpp.llama_model_free(self.model)
         self.ctx = self.model = self.vocab = None
-        self._applied, self._ctx_loras, self._cache_owner, self._cache = (), (), None, []
+        self._applied, self._ctx_loras = (), ()
 
     def __del__(self):
         try:
@@ -237,6 +246,7 @@ class LlamaCppEngine(Engine):
         old = self._lora.get(name)
         self._lora[name] = (adapter, gguf_file)
         if old is not None:  # replaced: an active adapter stays active, with the new weights
+            self._forget(name, "replaced")
             self._drop_merged_with(name)
             if any(n == name for n, _ in self._applied):
                 self._set(self._applied, force=True)
@@ -249,6 +259,7 @@ class LlamaCppEngine(Engine):
         return self.adapters[name]
 
     def _drop(self, name: str) -> None:
+        self._forget(name, "removed")
         self._drop_merged_with(name)
         if any(n == name for n, _ in self._applied):
             self._set(())  # never free an adapter the context still uses
@@ -263,169 +274,12 @@ class LlamaCppEngine(Engine):
         # llama.cpp scales each adapter's own delta: y += scale * (alpha / r) * B A x, per adapter.
         self._set(tuple(pairs))
 
-    def _set(self, pairs: tuple, force: bool = False) -> None:
-        """Point the context at these (adapter, scale) pairs: one llama_set_adapters_lora call.
-        A different set makes the KV cache stale; _prepare_cache sees that from _cache_owner.
-        While a merged copy is swapped in, the context has no LoRA, and _sync puts the base back
-        before the next decode (so a switch stays a few field writes away from instant)."""
-        if pairs == self._applied and not force:
-            return
-        if pairs and self._merged is not None and self._merged.key != pairs:
-            self._drop_merged_next = True  # another adapter set: at most one copy, the newest use
-        self._since = time.monotonic()
-        if self._merged is not None and self._merged.applied:
-            self._applied = pairs  # the LoRA set is given to the context in _sync
-            if force:
-                self._cache_owner = None
-            return
-        self._ctx_set(pairs)
-        self._applied = pairs
-        if force:
-            self._cache_owner = None
-
-    def _ctx_set(self, pairs: tuple) -> None:
-        n = len(pairs)
-        handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(self._lora[a][0] for a, _ in pairs)) if n else None
-        scales = (ctypes.c_float * n)(*(s for _, s in pairs)) if n else None
-        if llama_cpp.llama_set_adapters_lora(self.ctx, handles, n, scales) != 0:
-            raise AdapterError(f"llama.cpp refused the adapter set {[a for a, _ in pairs]}")
-        self._ctx_loras = pairs
-
-    # -- the merged copy --------------------------------------------------------------------
-    _drop_merged_next = False
-    _merged_held = False  # use_merged(False): keep the copy, decode with the resident LoRA
-
-    def use_merged(self, on: bool) -> None:
-        """Whether a built copy is swapped in (the benchmark compares both on one engine)."""
-        with self._lock:
-            self._merged_held = not on
-
-    def _owner(self) -> tuple:
-        """What filled the KV cache: the adapter set, and whether through its merged copy (whose
-        rounding differs slightly from base + LoRA)."""
-        return self._applied, bool(self._merged is not None and self._merged.applied)
-
-    def _sync(self) -> None:
-        """Before a decode: swap the merged copy in or out to match the active adapter set, give the
-        context the LoRA set it needs, and start a build when the set has been active long enough."""
-        built, self._built = self._built, None
-        if built is not None:
-            if built.key == self._applied and self._merged is None:
-                self._merged = built
-            else:
-                built.free()
-        m = self._merged
-        if m is not None:
-            pressure = _available_memory() < self.merge_min_free
-            if pressure:
-                self.merge_note = f"dropped: less than {self.merge_min_free // 2**20} MB of memory free"
-            if self._drop_merged_next or pressure:
-                self._drop_merged()
-            elif m.key == self._applied and not self._merged_held:
-                m.apply()
-            else:
-                m.restore()
-        self._drop_merged_next = False
-        want = () if self._merged is not None and self._merged.applied else self._applied
-        if want != self._ctx_loras:
-            self._ctx_set(want)
-        self._maybe_build()
-
-    def _maybe_build(self) -> None:
-        if (self.merge_after is None or self._merged_held or not self._applied or self._tensors == {}
-                or (self._merged is not None and self._merged.key == self._applied)
-                or (self._building is not None and self._building[0] == self._applied)
-                or time.monotonic() - self._since < self.merge_after):
-            return
-        if _available_memory() < 2 * self.merge_min_free:
-            self.merge_note = f"not built: less than {2 * self.merge_min_free // 2**20} MB of memory free"
-            return
-        if self._tensors is None:
-            try:
-                self._tensors = merging.tensor_table(self.model)
-            except merging.MergeUnavailable as e:
-                self._tensors, self.merge_note = {}, f"off: {e}"
-                return
-        if self._building is not None:
-            self._building[1].set()
-        key, cancel = self._applied, threading.Event()
-        loras = [(self._lora[name][1], scale) for name, scale in key]
-        thread = threading.Thread(target=self._build, args=(key, loras, cancel), name="loradesk-merge", daemon=True)
-        self._building = (key, cancel, thread)
-        self.merge_note = f"building for {_label(key)}"
-        thread.start()
-
-    def _build(self, key: tuple, loras: list, cancel: threading.Event) -> None:
-        """The build thread: numpy on the GGUF files, then hands the copy to _sync."""
-        start = time.perf_counter()
-        copy = None
-        try:
-            merged = merging.build(self.model_info.path, loras, cancel)
-            if merged and not cancel.is_set():
-                copy = merging.assemble(key, self._tensors, merged)
-        except Exception as e:  # noqa: BLE001 - a failed build leaves the resident LoRA in use
-            self.merge_note = f"failed for {_label(key)}: {e}"
-        if copy is not None and cancel.is_set():
-            copy.free()
-        elif copy is not None:
-            copy.seconds = time.perf_counter() - start
-            self.merge_note = f"ready for {_label(key)} ({copy.nbytes / 2**20:.0f} MB, built in {copy.seconds:.1f} s)"
-            self._built = copy  # before _building clears, so no second build starts in between
-        building = self._building
-        if building is not None and building[0] == key and building[1] is cancel:
-            self._building = None
-
-    def merge_now(self, timeout: float | None = None) -> merging.MergedCopy | None:
-        """Build the active adapter set's merged copy now and swap it in (the benchmark, tests)."""
-        with self._lock:
-            after, held = self.merge_after, self._merged_held
-            self.merge_after, self._merged_held = 0.0, False
-            try:
-                self._sync()
-            finally:
-                self.merge_after, self._merged_held = after, held
-            building = self._building
-        if building is not None:
-            building[2].join(timeout)
-        with self._lock:
-            self._sync()
-            return self._merged
-
-    def _drop_merged(self, wait: bool = False) -> None:
-        if self._building is not None:
-            self._building[1].set()
-            if wait:
-                self._building[2].join()
-        if self._merged is not None:
-            self._merged.free()
-            self._merged = None
-        built, self._built = self._built, None
-        if built is not None:
-            built.free()
-
-    def _drop_merged_with(self, name: str) -> None:
-        if self._merged is not None and any(n == name for n, _ in self._merged.key):
-            if self._merged.applied:
-                self._ctx_set(())  # the adapter is about to change or go: decode on the base for now
-                self._cache_owner = None
-            self._drop_merged()
-
-    @staticmethod
-    def cpu_flags() -> str:
-        """The CPU features llama.cpp uses here, and whether it repacks weights (bench speed)."""
-        info = llama_cpp.llama_print_system_info().decode(errors="replace")
-        have = [f.split(" = ")[0].strip() for f in info.split("|") if f.strip().endswith("= 1")]
-        wanted = [f for f in have if f.startswith(("AVX", "AMX", "NEON", "SVE", "F16C", "FMA"))]
-        return " ".join(wanted) + f"; weight repacking {extra_buffers()[1]}"
-
-    def merge_status(self) -> str:
-        """For `info` and the status bar: the merged copy's state and memory."""
-        m = self._merged
-        if m is not None:
-            return (f"merged copy of {_label(m.key)}: {m.nbytes / 2**20:.0f} MB, "
-                    + ("in use" if m.applied else "kept, not in use"))
-        return self.merge_note or (f"merged copy: after an adapter is active {self.merge_after:g} s"
-                                   if self.merge_after is not None else "off")
+    def _forget(self, name: str, how: str) -> None:
+        """An adapter's weights change or go: the answers under it stop (the rest would come from
+        other weights) and the caches it filled are dropped."""
+        uses = lambda key: any(n == name for n, _ in key)  # noqa: E731
+        self._scheduler.fail_where(uses, EngineError(f"adapter {name!r} was {how} during the answer; ask again"))
+        self._slots.forget(name)
 
     # -- text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -443,7 +297,7 @@ class LlamaCppEngine(Engine):
         return list(buf[:n])
 
     def _piece_bytes(self, token: int, special: bool = False) -> bytes:
-        buf = self._piece
+        buf = ctypes.create_string_buffer(256)  # one per call: requests' threads call this at once
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
@@ -458,55 +312,10 @@ class LlamaCppEngine(Engine):
         self.require_model()
         return chat_prompt(self.template, messages)
 
-    # -- the KV cache ---------------------------------------------------------------------
-    def _prepare_cache(self, tokens: list[int]) -> int:
-        """Keep the cached prefix of `tokens` computed under the current adapter set (at most all but
-        the last token, whose logits are needed); clear the rest. Returns how many are kept."""
-        self._sync()
-        mem = llama_cpp.llama_get_memory(self.ctx)
-        keep = 0
-        if self._cache_owner == self._owner():
-            limit = min(len(self._cache), len(tokens) - 1)
-            while keep < limit and self._cache[keep] == tokens[keep]:
-                keep += 1
-        if keep == 0 or not llama_cpp.llama_memory_seq_rm(mem, -1, keep, -1):
-            llama_cpp.llama_memory_clear(mem, True)
-            keep = 0
-        self._cache = self._cache[:keep]
-        self._cache_owner = self._owner()
-        return keep
-
-    def _decode(self, tokens: list[int]) -> None:
-        """Feed tokens through the model after the cache; logits for the last one only."""
-        if len(self._cache) + len(tokens) > self.context_length:
-            raise EngineError(f"the context is full ({self.context_length} tokens); start a new answer "
-                              "or set LORADESK_CTX higher")
-        if len(tokens) == 1:
-            self._one[0] = tokens[0]
-            arr = self._one
-        else:
-            arr = (llama_cpp.llama_token * len(tokens))(*tokens)
-        rc = llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
-        if rc != 0:
-            self._cache_owner = None  # unknown state: the next call starts from an empty cache
-            raise EngineError(f"llama.cpp could not decode ({rc}): the context ({self.context_length} tokens) "
-                              "may be full")
-        self._cache += tokens
-
     def _logits(self, i: int = -1) -> np.ndarray:
         n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
-
-    def _prefill(self, tokens: list[int], cancel=None) -> bool:
-        """Read the prompt after its reusable prefix in steps of about a second (at most BATCH
-        tokens, llama.cpp's batch size), checking `cancel` before each; False if cancelled."""
-        keep = self._prepare_cache(tokens)
-        for lo, hi in prefill_spans(len(tokens) - keep, min(BATCH, self.prefill_step_size)):
-            if cancel is not None and cancel.is_set():
-                return False
-            self._decode(tokens[keep + lo:keep + hi])
-        return True
 
     # -- generation -----------------------------------------------------------------------
     def _sampler(self, settings: GenerationSettings):
@@ -521,76 +330,16 @@ class LlamaCppEngine(Engine):
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
-    def _stream_tokens(self, tokens: list[int], settings: GenerationSettings, cancel=None) -> Iterator[tuple[str, dict]]:
-        import psutil
-
-        proc = psutil.Process()
-        start = time.perf_counter()
-        if not self._prefill(tokens, cancel):
-            yield "", {"prompt_tokens": len(tokens), "finish_reason": "cancelled"}
-            return
-        prompt_tps = len(tokens) / max(time.perf_counter() - start, 1e-9)
-        sampler = self._sampler(settings)
-        detok = _Detokenizer(lambda t: self._piece_bytes(t, special=True))
-        peak = proc.memory_info().rss / 1e9
-        t_first = None
-        try:
-            for n in range(1, settings.max_tokens + 1):
-                if cancel is not None and cancel.is_set():
-                    yield detok.flush(), {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps,
-                                          "generation_tokens": n - 1, "finish_reason": "cancelled"}
-                    return
-                token = llama_cpp.llama_sampler_sample(sampler, self.ctx, -1)
-                now = time.perf_counter()
-                if t_first is None:
-                    t_first = now
-                if n % 32 == 0:
-                    peak = max(peak, proc.memory_info().rss / 1e9)
-                stats = {"prompt_tokens": len(tokens), "prompt_tps": prompt_tps, "generation_tokens": n,
-                         "generation_tps": decode_rate(n, t_first, now), "peak_memory": peak}
-                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                    yield detok.flush(), {**stats, "finish_reason": "stop"}
-                    return
-                piece = detok.add(token)
-                if n == settings.max_tokens:
-                    yield piece + detok.flush(), {**stats, "finish_reason": "length"}
-                    return
-                yield piece, stats
-                self._decode([token])
-        finally:
-            llama_cpp.llama_sampler_free(sampler)
-
     def loglikelihood(self, context: str, continuation: str) -> tuple[float, bool]:
         self.require_model()
         ctx, cont = split_for_loglikelihood(self.encode, context, continuation)
         with self._lock:
-            # The context's cached prefix is reused (MathQA's options share it); the continuation
-            # is read in one pass that keeps the logits of each of its positions.
-            self._prefill(ctx)
-            rows = [self._logprobs(self._logits(), cont[0])]
-            rows += [self._logprobs(x, t) for x, t in zip(self._decode_all(cont[:-1]), cont[1:])]
+            # One pass over the context and the continuation but its last token, keeping the logits
+            # from the context's last token on; the context's cached prefix is reused (MathQA's
+            # options share it).
+            kept, logits = self._read((ctx + cont)[:-1], every=True, reuse=len(ctx) - 1)
+            rows = [self._logprobs(x, t) for x, t in zip(logits[len(ctx) - 1 - kept:], cont)]
         return float(sum(lp for lp, _ in rows)), all(g for _, g in rows)
-
-    def _decode_all(self, tokens: list[int]) -> Iterator[np.ndarray]:
-        """Feed tokens after the cache, yielding the logits at every one of them."""
-        if len(self._cache) + len(tokens) > self.context_length:
-            raise EngineError(f"the input does not fit the context ({self.context_length} tokens)")
-        batch = llama_cpp.llama_batch_init(BATCH, 0, 1)
-        try:
-            for i in range(0, len(tokens), BATCH):
-                chunk = tokens[i:i + BATCH]
-                batch.n_tokens = len(chunk)
-                for j, tok in enumerate(chunk):
-                    batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, len(self._cache) + j, 1
-                    batch.seq_id[j][0], batch.logits[j] = 0, True
-                if llama_cpp.llama_decode(self.ctx, batch) != 0:
-                    self._cache_owner = None
-                    raise EngineError("llama.cpp could not decode the input")
-                self._cache += chunk
-                for j in range(len(chunk)):
-                    yield self._logits(j)
-        finally:
-            llama_cpp.llama_batch_free(batch)
 
     @staticmethod
     def _logprobs(logits: np.ndarray, target: int) -> tuple[float, bool]:
@@ -603,8 +352,7 @@ class LlamaCppEngine(Engine):
         """Logits for the token after `text` (float32 copy), for parity checks."""
         tokens = self.encode(text)
         with self._lock:
-            self._prefill(tokens)
-            return self._logits().copy()
+            return self._read(tokens)[1][-1]
 
     def memory_bytes(self) -> int:
         """The model's tensors, the resident adapters' GGUF tensors and the context's state (KV)."""
@@ -615,24 +363,10 @@ class LlamaCppEngine(Engine):
         return (int(llama_cpp.llama_model_size(self.model)) + adapters + merged
                 + int(llama_cpp.llama_state_get_size(self.ctx)))
 
-
-def merge_after() -> float | None:
-    """LORADESK_MERGE: seconds an adapter set stays active before its merged copy is built
-    (default 5), or "off"."""
-    value = os.environ.get("LORADESK_MERGE", "5").strip().lower()
-    if value in ("off", "no", "false", "never"):
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        raise EngineError(f"LORADESK_MERGE takes seconds or 'off', not {value!r}") from None
-
-
-def _available_memory() -> int:
-    import psutil
-
-    return psutil.virtual_memory().available
-
-
-def _label(key: tuple) -> str:
-    return "+".join(name if scale == 1.0 else f"{name}:{scale:g}" for name, scale in key)
+    @staticmethod
+    def cpu_flags() -> str:
+        """The CPU features llama.cpp uses here, and whether it repacks weights (bench speed)."""
+        info = llama_cpp.llama_print_system_info().decode(errors="replace")
+        have = [f.split(" = ")[0].strip() for f in info.split("|") if f.strip().endswith("= 1")]
+        wanted = [f for f in have if f.startswith(("AVX", "AMX", "NEON", "SVE", "F16C", "FMA"))]
+        return " ".join(wanted) + f"; weight repacking {extra_buffers()[1]}"

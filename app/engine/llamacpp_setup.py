@@ -52,10 +52,14 @@ def default_threads() -> int:
     return int(env) if env else max(1, os.cpu_count() or 1)
 
 
-def context_params(n_ctx: int, threads: int):
-    """The context settings the engine uses; `llamacpp_bench` gives the raw reference the same."""
+def context_params(n_ctx: int, threads: int, n_seq: int = 1):
+    """The context settings the engine uses; `llamacpp_bench` gives the raw reference the same.
+    `n_seq` sequences (the engine's KV slots) share one unified cache of n_ctx cells, so one
+    sequence may still fill the whole context."""
     p = llama_cpp.llama_context_default_params()
     p.n_ctx = n_ctx
+    p.n_seq_max = n_seq
+    p.kv_unified = True
     p.n_batch = p.n_ubatch = min(BATCH, n_ctx)
     p.n_threads = p.n_threads_batch = threads
     p.no_perf = True

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.engine import mlx_thread
-from app.engine.base import decode_tps
+from app.engine.rates import decode_tps
 
 
 def _raw_decode_tps(model, tokenizer, tokens: list[int], max_tokens: int) -> float:

@@ -17,7 +17,8 @@ import mlx.nn as nn
 import numpy as np
 
 from app.engine import mlx_thread
-from app.engine.base import AdapterInfo, Engine, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterInfo, Engine, ModelInfo
+from app.engine.rates import decode_rate, prefill_spans
 from app.engine.lora import LoraWeights, fingerprint_of
 from app.engine.text import chat_prompt, split_for_loglikelihood  # noqa: F401 - shared with torch
 from app.errors import EngineError

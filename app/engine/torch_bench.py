@@ -19,7 +19,7 @@ import torch
 
 from app.engine.adapter_format import read_adapter
 from app.engine.adapter_write import write_peft
-from app.engine.base import percentile
+from app.engine.rates import percentile
 from app.engine.torch_engine import pick_device, pick_dtype, upcast_adapters
 
 

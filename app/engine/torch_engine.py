@@ -4,7 +4,7 @@ Adapters are loaded with PEFT's own `PeftModel.from_pretrained` / `load_adapter`
 are first written as PEFT folders by `write_peft`), and all stay resident. PEFT's `set_adapter`
 walks every module on each call (21.9 ms on a 0.5B model); here every PEFT LoRA layer instead reads
 its active adapter from one shared `SharedActive` object, so a switch is one assignment.
-Generation is our own token loop with a KV cache; the prompt goes in paced chunks (base.prefill_spans)
+Generation is our own token loop with a KV cache; the prompt goes in paced chunks (rates.prefill_spans)
 and `cancel` is checked before every forward call.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from app.engine.adapter_write import write_peft
-from app.engine.base import AdapterInfo, Engine, ModelInfo, decode_rate, prefill_spans
+from app.engine.base import AdapterInfo, Engine, ModelInfo
+from app.engine.rates import decode_rate, prefill_spans
 from app.engine.lora import LoraWeights, fingerprint_of
 from app.engine.torch_lora import SharedActive, share_active
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood

@@ -4,7 +4,8 @@ sends back is shaped by app/serve/output.py.
 A thin layer over the engine interface and the task records, like the CLI: a route parses the
 body, app/serve/planner.py decides in one call what it runs (the adapter its `model` names, the
 task's prompt and settings), and the answer is one app.plan.answer job on the single engine queue
-(app/serve/queue.py).
+(app/serve/queue.py); on an engine that batches (llama.cpp), the jobs run side by side and its
+scheduler interleaves them.
 Errors always come back in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 """
 from __future__ import annotations
@@ -112,8 +113,8 @@ def _parse(model_cls, data: dict):
 
 
 def generation_job(backend: Backend, target: catalog.Target, prompt, settings: GenerationSettings):
-    """The engine-thread job of one request: its adapter, its answer, then the previous adapter
-    back (so the app's tabs find the engine as they left it)."""
+    """The engine job of one request: its answer under its own adapter. The engine's active
+    adapter, which the app's tabs use, is left as it was."""
 
     def job(cancel):
         engine = backend.engine()
@@ -240,7 +241,8 @@ async def completions(request: Request):
 async def _answer(request: Request, body, todo: Planned, chat: bool):
     backend, queue, target = request.app.state.backend, request.app.state.queue, todo.target
     try:
-        ticket, chunks = queue.submit(generation_job(backend, target, todo.prompt, todo.settings), label=target.id)
+        ticket, chunks = queue.submit(generation_job(backend, target, todo.prompt, todo.settings), label=target.id,
+                                      side_by_side=getattr(backend.engine(), "max_batch", 1) > 1)
     except QueueFull as e:
         raise ApiError(503, str(e), "server_error", code="queue_full",
                        headers={"Retry-After": str(e.retry_after)}) from None

@@ -1,9 +1,12 @@
-"""The single-engine request queue: every API request is one job on the engine's one thread.
+"""The single-engine request queue: every API request is one job.
 
-Jobs run strictly in arrival order and each runs to its end before the next starts, so an answer
-is produced entirely under one adapter and never interleaves with another (the app's own answers
-included, when the app's engine thread is the executor). The queue is bounded: a request that
-would wait behind `max_pending` others is refused at once (the API answers 503 + Retry-After).
+On an engine that answers one at a time, jobs run on the engine's one thread strictly in arrival
+order, each to its end before the next starts (the app's own answers included, when the app's
+engine thread is the executor). On an engine that batches (llama.cpp: `Engine.max_batch` > 1), jobs
+run side by side, each on its own thread, and the engine's scheduler admits them in arrival order
+and interleaves their steps; every answer still runs under its own adapter set. Either way the
+queue is bounded: a request that would make more than `max_pending` queued or running is refused
+at once (the API answers 503 + Retry-After).
 A client that goes away sets its job's cancel event: a queued job is skipped, a running one stops
 at the next token.
 
@@ -91,10 +94,12 @@ class EngineQueue:
         avg = sum(self._seconds) / len(self._seconds) if self._seconds else 1.0
         return max(1, min(60, round(avg * max(1, self.pending))))
 
-    def submit(self, job: Callable[[threading.Event], Iterator[Any]], label: str = "") -> tuple[Ticket, AsyncIterator[Any]]:
-        """Queue `job` (called on the engine thread with the ticket's cancel event); returns the
-        ticket and an async iterator over what it yields. Raises QueueFull when the queue is full.
-        Leaving the iterator early (client disconnect, task cancelled) cancels the job."""
+    def submit(self, job: Callable[[threading.Event], Iterator[Any]], label: str = "",
+               side_by_side: bool = False) -> tuple[Ticket, AsyncIterator[Any]]:
+        """Queue `job` (called on the engine thread with the ticket's cancel event, or on a thread
+        of its own when `side_by_side`); returns the ticket and an async iterator over what it
+        yields. Raises QueueFull when the queue is full. Leaving the iterator early (client
+        disconnect, task cancelled) cancels the job."""
         with self._lock:
             if self.pending >= self.max_pending:
                 raise QueueFull(self.pending, self.retry_after())
@@ -134,7 +139,10 @@ class EngineQueue:
                 self.history.append(ticket)
                 push(_DONE)
 
-        self.executor(run)
+        if side_by_side:
+            threading.Thread(target=run, name=f"loradesk-request-{ticket.id}", daemon=True).start()
+        else:
+            self.executor(run)
         return ticket, self._drain(out, ticket)
 
     @staticmethod

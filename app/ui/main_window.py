@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QByteArray, Qt, QUrl
+from PySide6.QtCore import QByteArray, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
@@ -85,6 +85,13 @@ class MainWindow(QMainWindow):
 
         self.serve = ServeController(self, self.host)  # File > Serve on localhost, address + count
         self.statusBar().addPermanentWidget(self.serve.label)
+        # llama.cpp's merged copy of the active adapter (built in the background): shown while it
+        # is built or kept, read every 2 s (merge_status takes no lock, so the GUI never waits).
+        self.merge_status = QLabel("")
+        self.merge_status.hide()
+        self.statusBar().addPermanentWidget(self.merge_status)
+        self._merge_timer = QTimer(self, interval=2000, timeout=self._refresh_merge)
+        self._merge_timer.start()
         self._build_menus()
 
         self.host.model_loading.connect(self._model_loading)
@@ -127,7 +134,7 @@ class MainWindow(QMainWindow):
         self.model_status.setToolTip(str(ref))
 
     def _model_loaded(self, info) -> None:
-        self.model_status.setToolTip(str(info.path))
+        self.model_status.setToolTip(f"{info.path}\n{self.host.engine.scheduling()}")
         self.settings[f"model.{self.host.kind}"] = str(info.ref)
         self._persist_settings()
         problems = self.host.problems
@@ -157,6 +164,15 @@ class MainWindow(QMainWindow):
         for tab in self.task_tabs.values():
             if not tab.busy:
                 tab.update_status()
+
+    def _refresh_merge(self) -> None:
+        engine = self.host.engine
+        status = getattr(engine, "merge_status", None)
+        text = status() if status is not None and engine.model_info is not None else ""
+        shown = text.startswith(("merged copy of", "building", "ready", "dropped", "failed"))
+        self.merge_status.setText(text if shown else "")
+        self.merge_status.setToolTip(text)
+        self.merge_status.setVisible(shown)
 
     def show_error(self, message: str) -> None:
         """A message in the window (never a modal box: work can go on around it)."""

@@ -1,9 +1,11 @@
 """File > "Serve on localhost": the OpenAI-compatible API inside the app, over the app's engine.
 
-Requests run as jobs on the engine host's one serial thread, after and before the app's own jobs,
-so an API answer and a tab's answer never interleave and neither sees the other's adapter. The
-status bar shows the address and a running request count (polled: the count lives on the server's
-thread, and reading two ints needs no signal).
+On an engine that answers one at a time, requests run as jobs on the engine host's one serial
+thread, after and before the app's own jobs, so an API answer and a tab's answer never interleave.
+On one that batches (llama.cpp), they run beside the tabs' answers in the engine's scheduler, each
+under its own adapter set. Neither sees the other's adapter. The status bar shows the address, a
+running request count and the engine's batch (polled: the counts live on other threads, and
+reading a few ints needs no signal).
 """
 from __future__ import annotations
 
@@ -87,4 +89,7 @@ class ServeController(QObject):
             return
         q = self.server.app.state.queue
         running = f", {q.pending} in progress" if q.pending else ""
-        self.label.setText(f"API {self.url} · {q.served} request{'s' if q.served != 1 else ''}{running}")
+        engine = self.host.engine
+        batch = engine.batch_status() if engine is not None and engine.model_info is not None else ""
+        self.label.setText(f"API {self.url} · {q.served} request{'s' if q.served != 1 else ''}{running}"
+                           + (f" · {batch}" if batch else ""))
