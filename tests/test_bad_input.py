@@ -184,3 +184,20 @@ def test_the_app_carries_on_after_damaged_registry_and_settings(qtbot, tiny_qwen
     assert "adapter registry" in text and "settings file" in text and "damaged" in text
     assert list((loradesk_home / "adapters").glob("registry.json.damaged-*"))
     win.close()
+
+
+def test_a_missing_engine_library_and_a_broken_engine_module_get_different_messages(monkeypatch, tmp_path):
+    import sys
+    import app.engine as engines
+    # The library is missing: the message names the package to install.
+    monkeypatch.delitem(sys.modules, "app.engine.llamacpp_engine", raising=False)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(EngineError, match="needs llama-cpp-python"):
+        create_engine("llamacpp")
+    # Our own module fails (files replaced under a running process): no advice to install anything.
+    (tmp_path / "broken_engine.py").write_text("from app.engine.base import NOT_THERE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(engines._CLASSES, "llamacpp", ("broken_engine", "LlamaCppEngine"))
+    with pytest.raises(EngineError, match="code failed to import.*NOT_THERE") as e:
+        create_engine("llamacpp")
+    assert "needs" not in str(e.value)

@@ -123,10 +123,14 @@ def test_the_recipe_trains_records_rows_and_reports(tiny_qwen, tmp_path, package
     assert str(tiny_qwen) not in (tmp_path / "shipped" / "math-tiny" / "adapter_config.json").read_text()
     # a rerun of the same folder resumes: nothing is evaluated twice
     lines = (adapter / "bench-torch" / "results.jsonl").read_text().splitlines()
-    cfg2 = recipe.RecipeConfig(out=tmp_path / "run", model=str(tiny_qwen), engines=("torch",), limit=3,
+    # (llama.cpp cannot load a transformers folder: the log says so rather than reporting base only)
+    cfg2 = recipe.RecipeConfig(out=tmp_path / "run", model=str(tiny_qwen), engines=("torch", "llamacpp"), limit=3,
                                adapter=recipe.Path(summary["adapter"]))
+    said.clear()
     recipe.run_recipe(cfg2, said.append)
     assert (adapter / "bench-torch" / "results.jsonl").read_text().splitlines() == lines
+    assert not any("not evaluated on torch" in s for s in said)
+    assert any(s.startswith("  not evaluated on llamacpp: * adapter: model") for s in said), said
 
 
 def test_shipped_adapter_serves_its_base_model_only(tiny_qwen, tiny_adapters, tmp_path, monkeypatch):

@@ -126,13 +126,15 @@ def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
     return folder
 
 
-def _evaluate(cfg: RecipeConfig, engine: str, data_dir: Path, progress, cancel) -> dict[str, dict[str, float]]:
+def _evaluate(cfg: RecipeConfig, engine: str, data_dir: Path, say, progress, cancel) -> dict[str, dict[str, float]]:
     """`bench quality --tasks gsm8k --configs base,adapter` on the held-out rows (resumable)."""
     model = cfg.gguf if engine == "llamacpp" and cfg.gguf else cfg.model
     out = cfg.out / f"bench-{engine}"
     qc = QualityConfig(tasks=("gsm8k",), configs=("base", "adapter"), model=model, engine=engine,
                        limit=cfg.limit, data_dir=data_dir, out_dir=out, resume=True)
     results = run_quality(qc, progress, cancel)
+    for skip in results["skipped"]:  # else a report with one row would look like a finished run
+        say(f"  not evaluated on {engine}: {skip['task']} {skip['config']}: {skip['reason']}")
     write_report(results, out)
     return scores(out, cfg.limit)
 
@@ -237,7 +239,7 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
         if cancel.is_set():
             break
         say(f"evaluating base and adapter on {engine}")
-        per_engine[engine] = _evaluate(cfg, engine, Path(split["folder"]).parent, progress, cancel)
+        per_engine[engine] = _evaluate(cfg, engine, Path(split["folder"]).parent, say, progress, cancel)
     summary = summarize(per_engine)
     summary.update(split={k: v for k, v in split.items() if k != "folder"}, adapter=str(adapter))
     (cfg.out / "report.json").write_text(json.dumps(summary, indent=2))

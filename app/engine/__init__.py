@@ -66,6 +66,10 @@ def create_engine(kind: str | None = None, resolve: Callable[..., Path] | None =
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError as e:
+        if (e.name or "").split(".")[0] not in _MODULES[kind]:
+            # Not a missing library: our own module failed (a broken install, or files replaced
+            # under a running process); saying "install X" would send the user the wrong way.
+            raise EngineError(f"the {kind} engine's code failed to import: {e}") from None
         others = [k for k in installed_engines() if k != kind]
         hint = f"; use --engine {others[0]}" if others else ""
         raise EngineError(f"the {kind} engine needs {_NEEDS[kind]} ({e}){hint}") from None
