@@ -228,3 +228,43 @@ def test_unloading_ends_running_answers_with_a_clear_error(tiny_ggufs, tiny_adap
     e.unload()
     with pytest.raises(EngineError, match="unloaded"):
         list(stream)
+
+
+def test_replacing_an_adapter_ends_its_running_answer_and_the_waiting_one_uses_the_new_weights(
+        tiny_ggufs, tiny_adapters, lone, monkeypatch):
+    import time
+
+    e = _engine(tiny_ggufs, tiny_adapters, batch=BatchConfig(max_batch=1, idle_slots=0))
+    _slow_steps(e, monkeypatch)
+    running = e.stream_generate(get_task("math").messages(QUESTIONS[0]), GenerationSettings(max_tokens=200),
+                                adapter="math")
+    next(running)
+    queued = {}
+    t = threading.Thread(target=lambda: queued.update(
+        answer=e.generate(get_task("math").messages(QUESTIONS[1]), GREEDY, adapter="math")))
+    t.start()
+    deadline = time.time() + 30
+    while e._scheduler.waiting() == 0 and time.time() < deadline:  # one answer at a time: it queues
+        time.sleep(0.01)
+    assert e._scheduler.waiting() == 1
+    e.add_adapter("math", tiny_adapters["qwen2"]["math"])  # the user adds the adapter again
+    with pytest.raises(EngineError, match="'math' was replaced during the answer"):
+        list(running)
+    t.join(60)
+    assert queued["answer"] == lone[0, QUESTIONS[1]]  # not failed: it started on the new (same) weights
+    # removing it ends a waiting answer too, with a clear error
+    running = e.stream_generate(get_task("math").messages(QUESTIONS[0]), GenerationSettings(max_tokens=200),
+                                adapter="math")
+    next(running)
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(EngineError, e.generate,
+                                                                    get_task("math").messages(QUESTIONS[1]),
+                                                                    GREEDY, adapter="math")))
+    t.start()
+    while e._scheduler.waiting() == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    e.remove_adapter("math")
+    t.join(60)
+    assert "removed" in str(errors[0].value)
+    with pytest.raises(EngineError, match="removed during the answer"):
+        list(running)

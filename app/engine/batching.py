@@ -152,11 +152,13 @@ class Scheduler:
             self._turns.clear()
             self._cv.notify()
 
-    def fail_where(self, pred: Callable[[tuple], bool], error: BaseException) -> None:
-        """End the running and waiting requests whose key matches (an adapter replaced or removed
-        mid-answer: the rest of it would come from other weights). The caller holds the lock."""
+    def fail_where(self, pred: Callable[[tuple], bool], error: BaseException, waiting: bool = True) -> None:
+        """End the running requests whose key matches (an adapter replaced or removed mid-answer:
+        the rest of it would come from other weights), and the waiting ones too unless `waiting` is
+        False (replaced: they have not started, so they answer with the new weights). The caller
+        holds the lock."""
         with self._cv:
-            for r in [r for r in self._waiting if pred(r.key)]:
+            for r in [r for r in self._waiting if waiting and pred(r.key)]:
                 self._waiting.remove(r)
                 r.fail(error)
             for key in [k for k in self._running if pred(k)]:

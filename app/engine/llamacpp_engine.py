@@ -278,7 +278,8 @@ class LlamaCppEngine(SlotAnswers, MergedCopies, Engine):
         """An adapter's weights change or go: the answers under it stop (the rest would come from
         other weights) and the caches it filled are dropped."""
         uses = lambda key: any(n == name for n, _ in key)  # noqa: E731
-        self._scheduler.fail_where(uses, EngineError(f"adapter {name!r} was {how} during the answer; ask again"))
+        self._scheduler.fail_where(uses, EngineError(f"adapter {name!r} was {how} during the answer; ask again"),
+                                   waiting=how != "replaced")
         self._slots.forget(name)
 
     # -- text ---------------------------------------------------------------------------
