@@ -152,7 +152,7 @@ class ComparePanel(QWidget):
         self.dropped = 0
         self.error: str | None = None
         self.worker = self.tab.host.generate(self.tab.wanted_adapter(), pane_runs, connect={
-            "yielded": self._chunk, "errored": self._error, "finished": self._finished})
+            "yielded": self._chunk, "errored": self._error, "finished": self._finished}, owner=self)
 
     def _chunk(self, item) -> None:
         i, chunk = item

@@ -4,15 +4,20 @@ Every engine call (load, add/remove adapter, activate, generate) is a job on one
 jobs run in the order the GUI asked for them and the GUI thread never waits on the engine's lock.
 A generation activates its adapter and streams inside one job: nothing can switch the adapter in
 the middle of an answer. Switching tab cancels the running answer, then queues the activation.
+
+An engine that batches (llama.cpp) answers each request under its own adapter set without
+touching the active one, so there answers are not serial jobs: each tab's (and each comparison
+pane's) runs at once on a pool of its own, and a tab switch or another tab's answer cancels nothing.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from app.memory import MEMORY_FACTOR, memory_check
 from app.plan import KEEP, answer  # KEEP: a Run answers with the job's adapter
@@ -54,6 +59,53 @@ def generation_job(engine, adapter: str | None, runs: list[Run], cancel: threadi
             return
 
 
+def side_by_side_job(engine, adapter: str | None, runs: list[Run], cancel: threading.Event):
+    """`generation_job` for an engine that batches: every run answers at once, in a thread of its
+    own, under its own adapter set (`adapter` for a run that keeps the tab's), and the engine's active
+    adapter is left alone. Yields (run index, Chunk or TurnsDropped) as they come; the first error
+    stops the other runs and is raised."""
+    from app.conversation import TurnsDropped, drop_old_turns
+
+    out: queue.SimpleQueue = queue.SimpleQueue()
+
+    def one(i: int, run: Run) -> None:
+        try:
+            messages = run.messages
+            if run.fit_turns:
+                messages, dropped = drop_old_turns(engine, messages, run.settings.max_tokens)
+                if dropped:
+                    out.put((i, TurnsDropped(dropped)))
+            own = adapter if run.adapter == KEEP else run.adapter
+            for chunk in answer(engine, own, messages, run.settings, cancel, folder=run.folder):
+                out.put((i, chunk))
+            out.put((i, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            out.put((i, e))
+
+    threads = [threading.Thread(target=one, args=(i, r), name=f"loradesk-answer-{i}", daemon=True)
+               for i, r in enumerate(runs)]
+    for t in threads:
+        t.start()
+    left, error = len(threads), None
+    try:
+        while left:
+            i, item = out.get()
+            if item is None or isinstance(item, BaseException):
+                left -= 1
+                if isinstance(item, BaseException) and error is None:
+                    error = item
+                    cancel.set()  # the other panes stop too: the job reports one error
+                continue
+            if error is None:
+                yield i, item
+    finally:
+        cancel.set() if left else None  # the consumer left early (Stop): end the runs still going
+        for t in threads:
+            t.join()
+    if error is not None:
+        raise error
+
+
 def model_bytes_on_disk(ref: str, kind: str) -> int:
     from app.models import resolve_model
 
@@ -87,7 +139,9 @@ class EngineHost(QObject):
         self.kind: str | None = None
         self.problems: dict[str, str] = {}  # task -> why it has no adapter
         self.pool = serial_pool()
-        self._generation: Worker | None = None
+        self.answers_pool = QThreadPool(self)  # answers side by side (an engine that batches)
+        self.answers_pool.setMaxThreadCount(16)
+        self._generations: dict[object, Worker] = {}  # owner (a tab, a comparison) -> its answer
         self.loading = False
         self.memory_factor = MEMORY_FACTOR
         self.model_unloaded.connect(self._unloaded)  # emitted on the engine thread, run here
@@ -105,12 +159,19 @@ class EngineHost(QObject):
         self.error.emit(str(e))
 
     @property
-    def generating(self) -> bool:
-        return self._generation is not None and not self._generation.done.is_set()
+    def side_by_side(self) -> bool:
+        """Whether answers run at once, each under its own adapter set (app.plan.answer)."""
+        return self.engine is not None and getattr(self.engine, "max_batch", 1) > 1
 
-    def cancel_generation(self) -> None:
-        if self._generation is not None:
-            self._generation.quit()
+    @property
+    def generating(self) -> bool:
+        return any(not w.done.is_set() for w in self._generations.values())
+
+    def cancel_generation(self, owner=None) -> None:
+        """Cancel `owner`'s answer, or every answer when no owner is given."""
+        for key, w in list(self._generations.items()):
+            if owner is None or key is owner:
+                w.quit()
 
     # -- model --------------------------------------------------------------------------------
     def load(self, ref: str, kind: str) -> Worker:
@@ -180,10 +241,12 @@ class EngineHost(QObject):
         return task if task in self.engine.adapters else None
 
     def activate(self, adapter: str | None) -> Worker | None:
-        """Cancel any running answer, then switch adapter (a queued job, never on this thread)."""
+        """Switch adapter (a queued job, never on this thread), cancelling the running answer first
+        unless answers run side by side (each keeps its own adapter set then)."""
         if self.engine is None:
             return None
-        self.cancel_generation()
+        if not self.side_by_side:
+            self.cancel_generation()
         engine = self.engine
         return self.submit(lambda: (engine.activate(adapter), engine.active)[1],
                            _connect={"returned": self.active_changed.emit, "errored": self._job_error})
@@ -213,26 +276,37 @@ class EngineHost(QObject):
         engine = self.engine
         if engine is None or task not in engine.adapters:
             return None
-        self.cancel_generation()
+        if not self.side_by_side:  # else the engine itself ends only the answers under that adapter
+            self.cancel_generation()
         return self.submit(engine.remove_adapter, task,
                            _connect={"finished": self.adapters_changed.emit, "errored": self._job_error})
 
     # -- text --------------------------------------------------------------------------------
-    def generate(self, adapter: str | None, runs: list[Run], connect: dict | None = None) -> Worker:
-        """Stream answers with `adapter` active. The worker yields (run index, Chunk); `connect`
-        maps its signal names to slots (connected before it starts)."""
+    def generate(self, adapter: str | None, runs: list[Run], connect: dict | None = None,
+                 owner: object = None) -> Worker:
+        """Stream answers with `adapter`. The worker yields (run index, Chunk); `connect` maps its
+        signal names to slots (connected before it starts). `owner` (a tab) has one answer at a
+        time: a new one cancels its previous one; other owners' answers go on when the engine
+        batches (else every answer is cancelled: one runs at a time)."""
         if self.engine is None:
             raise RuntimeError("no model is loaded yet: choose one under Models & adapters")
-        self.cancel_generation()
+        side = self.side_by_side
+        if side:
+            if owner in self._generations:
+                self._generations[owner].quit()
+        else:
+            self.cancel_generation()
         cancel = threading.Event()
-        w = Worker(generation_job, self.engine, adapter, runs, cancel, abort_event=cancel)
+        job = side_by_side_job if side else generation_job
+        w = Worker(job, self.engine, adapter, runs, cancel, abort_event=cancel)
         engine = self.engine
         for signal, slot in (connect or {}).items():
             getattr(w, signal).connect(slot)
         w.finished.connect(lambda: self.active_changed.emit(engine.active))
-        self._generation = w
-        return w.start(self.pool)
+        w.finished.connect(lambda: self._generations.pop(owner, None) if self._generations.get(owner) is w else None)
+        self._generations[owner] = w
+        return w.start(self.answers_pool if side else self.pool)
 
     def wait_idle(self, timeout_ms: int = 30000) -> bool:
-        """Block until every queued engine job has run (tests and shutdown only)."""
-        return self.pool.waitForDone(timeout_ms)
+        """Block until every queued engine job and answer has run (tests and shutdown only)."""
+        return self.pool.waitForDone(timeout_ms) and self.answers_pool.waitForDone(timeout_ms)

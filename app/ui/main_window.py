@@ -188,10 +188,11 @@ class MainWindow(QMainWindow):
 
     def _tab_changed(self, _index: int) -> None:
         tab = self.current_task_tab()
-        # An answer never continues under another tab's adapter: cancel it first (the host queues
-        # the switch after the cancelled job, on the engine thread).
+        # An answer never continues under another tab's adapter: one that runs under the active
+        # adapter is cancelled first (the host queues the switch after it, on the engine thread);
+        # where answers run side by side, each under its own adapter set, they go on.
         for other in self.task_tabs.values():
-            if other is not tab and other.busy:
+            if other is not tab and other.busy and not self.host.side_by_side:
                 other.stop()
         if tab is not None and self.host.engine is not None:
             self.host.activate(tab.wanted_adapter())

@@ -213,7 +213,7 @@ class TaskTab(QWidget):
         self.render()
         self.set_running(True)
         self.worker = self.host.generate(self.adapter_used, runs, connect={
-            "yielded": self.on_chunk, "errored": self.on_error, "finished": self.on_finished})
+            "yielded": self.on_chunk, "errored": self.on_error, "finished": self.on_finished}, owner=self)
         self.update_status()
 
     def stop(self) -> None:
