@@ -12,7 +12,7 @@ from app.engine.gguf_lora import PERMUTED_ARCHS, permute_rows
 
 
 def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") -> Path:
-    """Write the tiny qwen2 or llama model in `model_dir` to `out` (F32, or F16 or Q8_0 matrices)."""
+    """Write the tiny qwen2 or llama model in `model_dir` to `out` (F32, or F16, Q8_0 or Q5_0 matrices)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -36,7 +36,7 @@ def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") 
         w.add_rope_dimension_count(cfg["head_dim"])
         w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-                     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[qtype])
+                     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0}[qtype])
     added = {t["content"]: t["id"] for t in tok["added_tokens"]}
     by_id = {i: t for t, i in {**tok["model"]["vocab"], **added}.items()}
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(cfg["vocab_size"])]  # vocab padded like llama.cpp
@@ -53,7 +53,6 @@ def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") 
     w.add_chat_template(json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"])
     arch_enum = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
     names = gguf.get_tensor_name_map(arch_enum, cfg["num_hidden_layers"])
-    q8 = gguf.GGMLQuantizationType.Q8_0
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     for key, arr in load_file(str(model_dir / "model.safetensors")).items():
         if arch in PERMUTED_ARCHS and key.endswith("q_proj.weight"):
@@ -61,8 +60,9 @@ def write_tiny_gguf(model_dir: str | Path, out: str | Path, qtype: str = "F32") 
         elif arch in PERMUTED_ARCHS and key.endswith("k_proj.weight"):
             arr = permute_rows(arr, kv_heads)
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if qtype == "Q8_0" and arr.ndim == 2:
-            w.add_tensor(name, gguf.quants.quantize(arr, q8), raw_dtype=q8)
+        if qtype in ("Q8_0", "Q5_0") and arr.ndim == 2:
+            kind = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(name, gguf.quants.quantize(arr, kind), raw_dtype=kind)
         elif qtype == "F16" and arr.ndim == 2:
             w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float16))
         else:

@@ -37,6 +37,7 @@ def test_bench_speed_reports_every_figure(kind, tiny_qwen, tiny_ggufs, capsys):
         # An F32 base merges exactly (up to summation order): same logits' change, same answers.
         assert r["merged_vs_lora_logit_corr_min"] > 0.999
         assert r["merged_same_greedy_answers"].startswith("4/4")
+        assert len(r["merged_greedy_tokens_before_they_differ"]) == 4 and r["merge_type"] == "Q8_0"
         assert "weight repacking" in r["cpu"]
         assert r["torch_base_decode_tps"] > 0
         assert r["base_decode_vs_torch_ratio"] == pytest.approx(r["base_decode_tps"] / r["torch_base_decode_tps"],

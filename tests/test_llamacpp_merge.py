@@ -79,6 +79,39 @@ def test_a_quantized_base_merges_to_q8_0_within_its_rounding(tiny_models, tiny_a
     assert np.abs(merged - lora).max() < 0.1 * np.abs(lora - base).max()
 
 
+def test_the_merged_copy_can_keep_the_bases_own_type(tiny_models, tiny_adapters, tmp_path, no_auto_merge,
+                                                     monkeypatch):
+    """LORADESK_MERGE_TYPE=base: a Q5_0 base merges to Q5_0 (fewer bytes than Q8_0, as fast as the
+    base per step), and the copy still follows the LoRA, less closely than the Q8_0 one."""
+    import shutil
+
+    from app.engine import llamacpp_merge as merging
+    from app.tiny_gguf import write_tiny_gguf
+
+    adapters = {n: shutil.copytree(tiny_adapters["qwen2"][n], tmp_path / n) for n in ("math",)}
+    gguf_file = write_tiny_gguf(tiny_models["qwen2"], tmp_path / "q5.gguf", qtype="Q5_0")
+    results = {}
+    for setting in ("q8_0", "base"):
+        monkeypatch.setenv("LORADESK_MERGE_TYPE", setting)
+        e = _engine(gguf_file, adapters, names=("math",))
+        prompt = e.chat_prompt(MSGS)
+        base = e.next_token_logits(prompt)
+        e.activate("math")
+        lora = e.next_token_logits(prompt)
+        copy = e.merge_now()
+        kinds = {merging._GgmlTensor.from_address(addr).type for addr, _ in copy.swaps}
+        merged = e.next_token_logits(prompt)
+        results[setting] = (kinds, copy.nbytes, float(np.corrcoef(merged - base, lora - base)[0, 1]))
+        e.unload()
+    (k8, bytes8, corr8), (kb, bytesb, corrb) = results["q8_0"], results["base"]
+    assert k8 == {merging.Q8_0} and kb == {merging.Q5_0}
+    assert bytesb < 0.7 * bytes8  # 22 bytes per 32 values against 34
+    assert corr8 > 0.99 and 0.9 < corrb <= corr8
+    monkeypatch.setenv("LORADESK_MERGE_TYPE", "q4")
+    with pytest.raises(Exception, match="LORADESK_MERGE_TYPE takes"):
+        create_engine("llamacpp")
+
+
 def test_switches_around_the_merged_copy_are_instant_and_correct(tiny_ggufs, tiny_adapters, no_auto_merge):
     names = ("math", "code")
     e = _engine(tiny_ggufs["qwen2"], tiny_adapters["qwen2"])

@@ -230,7 +230,7 @@ def _merge(eng, name: str, messages, settings, log) -> dict:
     out = {"merge_seconds": round(seconds, 2), "merge_bytes": copy.nbytes, "merge_rss_bytes": _rss() - rss}
     import numpy as np
 
-    corr, same = [], 0
+    corr, same, agree = [], 0, []
     short = GenerationSettings(max_tokens=min(settings.max_tokens, 64))
     for task in task_names():
         msgs = get_task(task).messages(get_task(task).example_input)
@@ -244,10 +244,21 @@ def _merge(eng, name: str, messages, settings, log) -> dict:
         merged, merged_text = eng.next_token_logits(prompt), eng.generate(msgs, short)
         corr.append(float(np.corrcoef(lora - base, merged - base)[0, 1]))
         same += lora_text == merged_text
+        agree.append(_common_prefix(eng.encode(lora_text), eng.encode(merged_text)))
     eng.use_merged(False)
     out["merged_vs_lora_logit_corr_min"] = round(min(corr), 5)
     out["merged_same_greedy_answers"] = f"{same}/{len(corr)} task examples, {short.max_tokens} tokens"
+    # where unequal answers part: a near tie between two tokens flips, and the rest follows from it
+    out["merged_greedy_tokens_before_they_differ"] = agree
+    out["merge_type"] = "the base's own type where possible" if getattr(eng, "merge_keep_type", False) else "Q8_0"
     return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _other_engine(kind: str, model: str, log):

@@ -128,16 +128,25 @@ def _lora_deltas(loras: list[tuple[Path, float]]) -> dict[str, list[tuple[np.nda
     return out
 
 
-def _merged_type(base_type: int, n_per_row: int) -> int:
+Q4_0, Q4_1, Q5_0, Q5_1 = 2, 3, 6, 7
+BLOCK32 = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)  # the 32-wide types the gguf package also writes
+
+
+def _merged_type(base_type: int, n_per_row: int, keep: bool = False) -> int:
+    """Q8_0, or with `keep` the base's own type where the gguf package can write it (fewer bytes
+    per step, but a delta under half the grid's step rounds away)."""
     if base_type in (F32, F16):
+        return base_type
+    if keep and base_type in BLOCK32 and n_per_row % 32 == 0:
         return base_type
     return Q8_0 if n_per_row % 32 == 0 else F16
 
 
-def build(model_path: Path, loras: list[tuple[Path, float]], cancel: threading.Event | None = None
-          ) -> dict[str, tuple[int, tuple[int, ...], np.ndarray]]:
+def build(model_path: Path, loras: list[tuple[Path, float]], cancel: threading.Event | None = None,
+          keep_type: bool = False) -> dict[str, tuple[int, tuple[int, ...], np.ndarray]]:
     """The merged matrices: {name: (ggml type, ne (in, out), bytes as uint8)}. Pure numpy on the
-    GGUF files (no llama.cpp state): it runs in a background thread beside decoding."""
+    GGUF files (no llama.cpp state): it runs in a background thread beside decoding. `keep_type`:
+    requantize to the base's type where possible (LORADESK_MERGE_TYPE=base), else Q8_0."""
     import gguf
 
     deltas = _lora_deltas(loras)
@@ -153,7 +162,7 @@ def build(model_path: Path, loras: list[tuple[Path, float]], cancel: threading.E
         w = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)  # (out, in)
         for b, a, scale in parts:
             w += scale * (b @ a)
-        kind = _merged_type(int(t.tensor_type), w.shape[1])
+        kind = _merged_type(int(t.tensor_type), w.shape[1], keep_type)
         if kind == F32:
             data = w.view(np.uint8)
         elif kind == F16:

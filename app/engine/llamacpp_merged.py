@@ -26,6 +26,7 @@ class MergedCopies:
     def _init_merging(self) -> None:
         # None = off; else seconds an adapter set must be decoded alone before its copy is built.
         self.merge_after = merge_after()
+        self.merge_keep_type = merge_keep_type()
         self.merge_min_free = int(float(os.environ.get("LORADESK_MERGE_MIN_FREE_MB", 1024)) * 2**20)
         self.merge_note = "" if self.merge_after is not None else "off (LORADESK_MERGE=off)"
         self._applied: tuple = ()  # the (name, scale) pairs decoded under now
@@ -116,7 +117,7 @@ class MergedCopies:
         start = time.perf_counter()
         copy = None
         try:
-            merged = merging.build(self.model_info.path, loras, cancel)
+            merged = merging.build(self.model_info.path, loras, cancel, self.merge_keep_type)
             if merged and not cancel.is_set():
                 copy = merging.assemble(key, self._tensors, merged)
         except Exception as e:  # noqa: BLE001 - a failed build leaves the resident LoRA in use
@@ -189,6 +190,14 @@ def merge_after() -> float | None:
         return max(0.0, float(value))
     except ValueError:
         raise EngineError(f"LORADESK_MERGE takes seconds or 'off', not {value!r}") from None
+
+
+def merge_keep_type() -> bool:
+    """LORADESK_MERGE_TYPE: "q8_0" (default) or "base" (the base's own 32-wide type)."""
+    value = os.environ.get("LORADESK_MERGE_TYPE", "q8_0").strip().lower()
+    if value not in ("q8_0", "base"):
+        raise EngineError(f"LORADESK_MERGE_TYPE takes 'q8_0' or 'base', not {value!r}")
+    return value == "base"
 
 
 def _available_memory() -> int:
