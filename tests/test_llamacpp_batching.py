@@ -188,7 +188,9 @@ def test_idle_caches_are_evicted_least_recently_used_when_the_context_is_full(ti
     for adapter in SETS[:3]:
         e.generate(msgs, GREEDY, adapter=adapter)
     r = e.slots_report()
-    assert r["evictions"] >= 1 and r["tokens"] <= e.context_length
+    # in the context, and parked in host memory: each at most one context's worth
+    assert r["evictions"] >= 1 and r["tokens"] - r["parked_tokens"] <= e.context_length
+    assert 0 < r["parked_tokens"] <= e.context_length
     assert e.cached_prefix(tokens, adapter="math") == 0  # the least recently used went first
     assert e.cached_prefix(tokens, adapter=None) == len(tokens) - 1  # the newest stays
     for a, adapter in enumerate(SETS[:3]):  # and every answer is still its own
@@ -208,11 +210,13 @@ def test_the_slots_report_their_memory(engine):
     engine.generate(get_task("math").messages(QUESTIONS[3]), GREEDY, adapter="code")
     r = engine.slots_report()
     assert r["slots"] == engine.batch.sequences and r["by_adapter_set"]["code"] > 0
-    assert r["bytes"] == r["tokens"] * engine._slots.bytes_per_token
+    assert r["bytes"] == (r["tokens"] - r["parked_tokens"]) * engine._slots.bytes_per_token
     # bytes_per_token is what llama.cpp itself stores per token of a sequence
     engine.generate(get_task("summarize").messages(" ".join(QUESTIONS)), GREEDY, adapter="paraphrase")
-    held = {len(s.tokens): llama_cpp.llama_state_seq_get_size(engine.ctx, s.seq) for s in engine._slots.slots
-            if s.tokens}
+    held = {len(s.tokens): len(s.parked) if s.parked is not None else llama_cpp.llama_state_seq_get_size(engine.ctx, s.seq)
+            for s in engine._slots.slots if s.tokens}
+    r = engine.slots_report()
+    assert r["parked"] >= 1 and r["parked_bytes"] == sum(len(s.parked) for s in engine._slots.slots if s.parked)
     (n1, b1), (n2, b2) = min(held.items()), max(held.items())
     # (the saved state also writes each cell's position, sequence count and sequence id: 12 bytes)
     assert n2 > n1 and b2 - b1 == (n2 - n1) * (engine._slots.bytes_per_token + 12)
@@ -268,3 +272,29 @@ def test_replacing_an_adapter_ends_its_running_answer_and_the_waiting_one_uses_t
     assert "removed" in str(errors[0].value)
     with pytest.raises(EngineError, match="removed during the answer"):
         list(running)
+
+
+def test_idle_caches_are_parked_out_of_the_context_and_come_back_exactly(tiny_ggufs, tiny_adapters, lone, monkeypatch):
+    """Another adapter set's cache leaves the context while it is idle (each step attends over
+    every cell in use), and comes back when that set answers again: its prefix is reused and the
+    answer is the lone one. When it cannot come back, the prompt is read again, still right."""
+    import llama_cpp
+
+    e = _engine(tiny_ggufs, tiny_adapters)
+    msgs = get_task("math").messages(QUESTIONS[0])
+    tokens = e.encode(e.chat_prompt(msgs))
+    e.generate(msgs, GREEDY, adapter="math")
+    e.generate(msgs, GREEDY, adapter="code")
+    slots = {s.key: s for s in e._slots.slots if s.tokens}
+    math, code = slots[(("math", 1.0),)], slots[(("code", 1.0),)]
+    mem = llama_cpp.llama_get_memory(e.ctx)
+    assert math.parked is not None and llama_cpp.llama_memory_seq_pos_max(mem, math.seq) == -1  # out
+    assert code.parked is None and llama_cpp.llama_memory_seq_pos_max(mem, code.seq) == len(code.tokens) - 1
+    assert e.cached_prefix(tokens, adapter="math") == len(tokens) - 1  # still offered
+    assert e.generate(msgs, GREEDY, adapter="math") == lone[0, QUESTIONS[0]]
+    assert math.parked is None and code.parked is not None  # and the other way round now
+    assert llama_cpp.llama_memory_seq_pos_max(mem, math.seq) == len(math.tokens) - 1
+    # a parked cache that cannot be copied back: dropped, the prompt read again
+    monkeypatch.setattr(llama_cpp, "llama_state_seq_set_data", lambda *a: 0)
+    assert e.generate(msgs, GREEDY, adapter="code") == lone[1, QUESTIONS[0]]
+    assert e.generate(msgs, GREEDY, adapter="math") == lone[0, QUESTIONS[0]]
