@@ -1,5 +1,6 @@
 """The app on an engine that batches (llama.cpp, tiny GGUF, offscreen): two tabs answer at once,
-each under its own adapter, a tab switch cancels nothing, and a comparison's panes run together."""
+each under its own adapter, a tab switch cancels nothing, and a comparison's panes run together;
+the status bar follows the merged copy of the active adapter."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("llama_cpp")
 
 from app import store  # noqa: E402
-from tests.test_ui_app import GEN_MS, LOAD_MS, WAIT_MS, long_runs, open_window  # noqa: E402
+from tests.test_ui_app import GEN_MS, LOAD_MS, WAIT_MS, adapters, generate, long_runs, open_window  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -104,3 +105,32 @@ def test_a_comparisons_panes_answer_in_one_step(qtbot, window, monkeypatch):
     assert a.text == _lone(engine, None, messages, tab.task.generation)
     assert b.text == _lone(engine, "math", messages, tab.task.generation)
     assert a.text != b.text
+
+
+def test_the_status_bar_follows_the_merged_copy_of_the_active_adapter(qtbot, tiny_ggufs, adapters):
+    """llama.cpp: with merging on, an answer in the Math tab builds the merged copy (at once here),
+    the next answer runs on it, and the Code tab's answer drops it; the status bar says each."""
+    win = open_window(qtbot, tiny_ggufs["qwen2"], engine="llamacpp")
+    qtbot.waitUntil(lambda: win.host.engine is not None and win.host.engine.model_info is not None, timeout=LOAD_MS)
+    label, engine = win.merge_status, win.host.engine
+
+    def answer(name):
+        tab = win.task_tabs[name]
+        win.tabs.setCurrentWidget(tab)
+        qtbot.waitUntil(lambda: engine.active == name, timeout=WAIT_MS)
+        tab.input.setPlainText("12 + 30")
+        return generate(qtbot, tab)
+
+    answer("math")  # merging off (the tests' default): the resident LoRA answers
+    assert not label.isVisible()
+    engine.merge_after = 0.0  # on, with no wait: the next answer's first step starts the build
+    answer("math")
+    qtbot.waitUntil(lambda: "math" in label.text() and ("ready" in label.text() or "in use" in label.text()),
+                    timeout=WAIT_MS)
+    assert label.isVisible()
+    answer("math")  # from the merged copy (test_llamacpp_merge checks its answers)
+    qtbot.waitUntil(lambda: label.text().startswith("merged copy of math") and "in use" in label.text(), timeout=WAIT_MS)
+    engine.merge_after = None  # no copy for code: the message about math's stays
+    answer("code")
+    qtbot.waitUntil(lambda: "dropped: code answered" in label.text(), timeout=WAIT_MS)
+    win.close()
