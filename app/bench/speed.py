@@ -20,6 +20,7 @@ import gc
 import importlib
 import inspect
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -244,7 +245,7 @@ def _merge(eng, name: str, messages, settings, log) -> dict:
         merged, merged_text = eng.next_token_logits(prompt), eng.generate(msgs, short)
         corr.append(float(np.corrcoef(lora - base, merged - base)[0, 1]))
         same += lora_text == merged_text
-        agree.append(_common_prefix(eng.encode(lora_text), eng.encode(merged_text)))
+        agree.append(len(os.path.commonprefix([eng.encode(lora_text), eng.encode(merged_text)])))
     eng.use_merged(False)
     out["merged_vs_lora_logit_corr_min"] = round(min(corr), 5)
     out["merged_same_greedy_answers"] = f"{same}/{len(corr)} task examples, {short.max_tokens} tokens"
@@ -252,13 +253,6 @@ def _merge(eng, name: str, messages, settings, log) -> dict:
     out["merged_greedy_tokens_before_they_differ"] = agree
     out["merge_type"] = "the base's own type where possible" if getattr(eng, "merge_keep_type", False) else "Q8_0"
     return out
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def _other_engine(kind: str, model: str, log):

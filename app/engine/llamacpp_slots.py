@@ -53,10 +53,9 @@ def common_prefix(a: list[int], b: list[int], limit: int) -> int:
 
 
 class SlotTable:
-    def __init__(self, ctx, n_seq: int, n_ctx: int, bytes_per_token: int, park: bool = True):
+    def __init__(self, ctx, n_seq: int, n_ctx: int, bytes_per_token: int):
         self.ctx = ctx
         self.mem = llama_cpp.llama_get_memory(ctx)
-        self.park = park
         self.slots = [Slot(i) for i in range(n_seq)]
         self.n_ctx = n_ctx
         self.bytes_per_token = bytes_per_token  # K and V of one token over all layers
@@ -78,8 +77,7 @@ class SlotTable:
         slot = best if best is not None and not best.busy else self._free_slot()
         if slot is None:
             return None
-        if self.park:  # before making room: parked caches need none
-            self._park_idle(but=slot)
+        self._park_idle(but=slot)  # before making room: parked caches need none
         if not self._make_room(reserve, slot):
             return None
         if slot is best and not self._unpark(slot):

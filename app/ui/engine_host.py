@@ -43,20 +43,26 @@ class Run:
 def generation_job(engine, adapter: str | None, runs: list[Run], cancel: threading.Event):
     """Activate `adapter`, then stream each run (after activating its own adapter, if it has one).
     Yields (run index, Chunk), and (run index, TurnsDropped) before a run whose old turns were left out."""
-    from app.conversation import TurnsDropped, drop_old_turns
-
     engine.activate(adapter)
     for i, run in enumerate(runs):
-        messages = run.messages
-        if run.fit_turns:
-            messages, dropped = drop_old_turns(engine, messages, run.settings.max_tokens)
-            if dropped:
-                yield i, TurnsDropped(dropped)
         # a run with its own adapter gives the tab's own back when it ends (app.plan.answer)
-        for chunk in answer(engine, run.adapter, messages, run.settings, cancel, folder=run.folder):
-            yield i, chunk
+        for item in _run_items(engine, run, run.adapter, cancel):
+            yield i, item
         if cancel.is_set():
             return
+
+
+def _run_items(engine, run: Run, adapter, cancel: threading.Event):
+    """One run's answer under `adapter`: TurnsDropped first when old turns were left out to fit
+    the context, then its Chunks."""
+    from app.conversation import TurnsDropped, drop_old_turns
+
+    messages = run.messages
+    if run.fit_turns:
+        messages, dropped = drop_old_turns(engine, messages, run.settings.max_tokens)
+        if dropped:
+            yield TurnsDropped(dropped)
+    yield from answer(engine, adapter, messages, run.settings, cancel, folder=run.folder)
 
 
 def side_by_side_job(engine, adapter: str | None, runs: list[Run], cancel: threading.Event):
@@ -64,20 +70,12 @@ def side_by_side_job(engine, adapter: str | None, runs: list[Run], cancel: threa
     own, under its own adapter set (`adapter` for a run that keeps the tab's), and the engine's active
     adapter is left alone. Yields (run index, Chunk or TurnsDropped) as they come; the first error
     stops the other runs and is raised."""
-    from app.conversation import TurnsDropped, drop_old_turns
-
     out: queue.SimpleQueue = queue.SimpleQueue()
 
     def one(i: int, run: Run) -> None:
         try:
-            messages = run.messages
-            if run.fit_turns:
-                messages, dropped = drop_old_turns(engine, messages, run.settings.max_tokens)
-                if dropped:
-                    out.put((i, TurnsDropped(dropped)))
-            own = adapter if run.adapter == KEEP else run.adapter
-            for chunk in answer(engine, own, messages, run.settings, cancel, folder=run.folder):
-                out.put((i, chunk))
+            for item in _run_items(engine, run, adapter if run.adapter == KEEP else run.adapter, cancel):
+                out.put((i, item))
             out.put((i, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
             out.put((i, e))
@@ -99,7 +97,8 @@ def side_by_side_job(engine, adapter: str | None, runs: list[Run], cancel: threa
             if error is None:
                 yield i, item
     finally:
-        cancel.set() if left else None  # the consumer left early (Stop): end the runs still going
+        if left:  # the consumer left early (Stop): end the runs still going
+            cancel.set()
         for t in threads:
             t.join()
     if error is not None:
