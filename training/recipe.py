@@ -79,7 +79,9 @@ def source_rows_seen(meta: dict, split: dict) -> dict[str, str]:
     """The rows of the split's source (0-based) the adapter trained and validated on, as ranges."""
     out = {}
     for part, files in meta.get("rows_seen", {}).items():
-        rows = [n - 1 + split["train_row_offset"] for origin, spec in files.items()
+        # self-distilled targets keep some of the rows only: their source rows are listed
+        kept, offset = split.get("train_rows"), split["train_row_offset"]
+        rows = [kept[n - 1] if kept else offset + n - 1 for origin, spec in files.items()
                 if Path(origin).name == "train.jsonl" for n in parse_ranges(spec)]
         out[part] = row_ranges(rows)
     return out
@@ -102,6 +104,46 @@ class RecipeConfig:
     ship_to: Path | None = None  # also copy the trained adapter here as the app ships it
     ship_base: str = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
     train: dict = field(default_factory=dict)  # TrainConfig overrides (iters, rank, learning_rate, ...)
+    targets: str = "reference"  # reference: GSM8K's solutions; self: the base's own right answers
+    self_rows: int | None = None  # self targets: answer the first N training rows only (CPU time)
+
+
+def _self_targets(cfg: RecipeConfig, split: dict, say, cancel) -> dict | None:
+    """Replace the training file's solutions by the base model's own right, finished answers
+    (training/self_targets.py); the answers are kept under <out>/self-targets, so a rerun reuses them."""
+    from app.engine import create_engine
+    from app.tasks import get_task
+    from training import self_targets
+
+    train_file = Path(split["folder"]) / "train.jsonl"
+    rows = [json.loads(ln) for ln in train_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    rows = rows[:cfg.self_rows] if cfg.self_rows else rows
+    kind, model = ("llamacpp", cfg.gguf) if cfg.gguf else ("torch", cfg.model)
+    say(f"self targets: the base ({kind}, {model}) answers the {len(rows)} training questions")
+    engine = create_engine(kind)
+    engine.load(model)
+
+    def progress(done, total, right):
+        if done % 20 == 0 or done == total:
+            say(f"  answered {done}/{total}, right {right}")
+
+    try:
+        records = self_targets.answer_rows(engine, rows, get_task("math"), cfg.out / "self-targets",
+                                           progress=progress, cancel=cancel)
+    finally:
+        engine.unload()
+    if cancel.is_set() or len(records) < len(rows):
+        say(f"self targets: stopped after {len(records)} of {len(rows)} answers; the same command continues")
+        return None
+    kept, index = self_targets.keep(records, rows)
+    if not kept:
+        raise DataError("self targets: the base answered no training question right; train on the references")
+    train_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    split.update(targets=f"self: the base's right, finished answers to {len(kept)} of {len(rows)} training rows",
+                 train_rows=[split["train_row_offset"] + i for i in index])
+    (cfg.out / "split.json").write_text(json.dumps(split, indent=2))
+    say(f"self targets: kept {len(kept)} of {len(rows)} (right and finished)")
+    return split
 
 
 def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
@@ -227,6 +269,10 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
     say(f"split: {split['source']}: train {split['train']} ({split['n_train_rows']}), held out "
         f"{split['heldout']} ({split['n_heldout']}) -> {split['folder']}")
     adapter = cfg.adapter
+    if adapter is None and cfg.targets == "self":
+        split = _self_targets(cfg, split, say, cancel)
+        if split is None:
+            return {}
     if adapter is None:
         adapter = _train(cfg, split, say, cancel)
         say(f"trained: {adapter}")
