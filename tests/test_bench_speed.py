@@ -49,3 +49,13 @@ def test_bench_speed_reports_every_figure(kind, tiny_qwen, tiny_ggufs, capsys):
 def test_bench_speed_vs_needs_engine_equals_model(tiny_ggufs, capsys):
     assert main(["bench", "speed", "--engine", "llamacpp", "--model", str(tiny_ggufs["qwen2"]), "--vs", "torch"]) == 2
     assert "--vs takes ENGINE=MODEL" in capsys.readouterr().err
+
+
+def test_bench_speed_measures_a_given_adapter_active(tiny_qwen, tiny_adapters, capsys):
+    """--adapter: a trained adapter (its rank and layers set its cost) is the one measured active."""
+    folder = tiny_adapters["qwen2"]["paraphrase"]
+    assert main(["bench", "speed", "--engine", "torch", "--model", str(tiny_qwen), "--switches", "10",
+                 "--max-tokens", "4", "--rounds", "1", "--adapter", str(folder), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["adapters"].startswith(f"math: {folder}; the others random rank-16")
+    assert r["adapter_count"] == 4 and r["adapter_decode_tps"] > 0

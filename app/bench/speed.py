@@ -59,10 +59,15 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
 
-def _adapters_for(eng, tmp: Path, rank: int, log) -> tuple[dict[str, Path], str]:
+def _adapters_for(eng, tmp: Path, rank: int, log, active: Path | None = None) -> tuple[dict[str, Path], str]:
     """Trained adapters from the store when every task has one, else random rank-`rank` adapters
     on all attention and MLP projections of the loaded model (non-zero, so they cost what real
-    ones cost)."""
+    ones cost). `active`: this adapter folder is the first task's, the one measured active."""
+    if active is not None:
+        folders, source = _adapters_for(eng, tmp, rank, log)
+        first = task_names()[0]
+        return {first: Path(active), **{t: f for t, f in folders.items() if t != first}}, \
+            f"{first}: {active}; the others {source}"
     from app.engine.adapter_write import write_mlx
     from app.tiny import random_adapter_for
 
@@ -101,7 +106,7 @@ def stream_decode_tps(eng, messages, settings) -> float:
 
 
 def run_speed(model: str | None = None, engine: str | None = None, max_tokens: int = 32, switches: int = 1000,
-              rank: int = 16, rounds: int = 3, vs: dict[str, str] | None = None,
+              rank: int = 16, rounds: int = 3, vs: dict[str, str] | None = None, adapter: str | None = None,
               log=lambda s: print(s, file=sys.stderr)) -> dict:
     kind = choose_engine(engine)
     ref = choose_model(model, kind)
@@ -123,7 +128,7 @@ def run_speed(model: str | None = None, engine: str | None = None, max_tokens: i
     decode()  # warm-up: first-call compilation and allocation
     rss_before = _rss()
     with tempfile.TemporaryDirectory() as tmp:
-        folders, source = _adapters_for(eng, Path(tmp), rank, log)
+        folders, source = _adapters_for(eng, Path(tmp), rank, log, adapter)
         for name, folder in folders.items():
             eng.add_adapter(name, folder, force=True)  # random adapters record a local base
         adapters_mem = _rss() - rss_before
@@ -292,6 +297,8 @@ def register_speed(bench_sub, common) -> None:
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per decode run (default 32)")
     p.add_argument("--switches", type=int, default=1000)
     p.add_argument("--rank", type=int, default=16, help="rank of the random adapters (when none are trained)")
+    p.add_argument("--adapter", metavar="FOLDER", help="the adapter measured active (e.g. a trained or shipped "
+                   "one: its rank and the layers it adapts set its cost); default a random one on every projection")
     p.add_argument("--rounds", type=int, default=3, help="interleaved decode runs per configuration")
     p.add_argument("--vs", action="append", default=[], metavar="ENGINE=MODEL",
                    help="also measure another engine's base decode in the same run, e.g. --vs torch=./hf-folder")
@@ -306,6 +313,6 @@ def _cmd_speed(args) -> int:
         if not sep or not model:
             raise ValueError(f"--vs takes ENGINE=MODEL (e.g. torch=./model-folder), not {item!r}")
         vs[kind] = model
-    r = run_speed(args.model, args.engine, args.max_tokens, args.switches, args.rank, args.rounds, vs=vs)
+    r = run_speed(args.model, args.engine, args.max_tokens, args.switches, args.rank, args.rounds, vs=vs, adapter=args.adapter)
     print(json.dumps(r, indent=2) if args.json else format_result(r))
     return 0
