@@ -71,7 +71,8 @@ def model_card(task: str, repo: str, base: str, meta: dict, bench: tuple[list[di
             seen = recipe.get("rows_seen") or {}
             lines.append(f"- recipe `loradesk recipe {recipe.get('name')}`: {recipe.get('source')}; trained on "
                          f"{recipe.get('train')}, held out {recipe.get('heldout')} (never trained on); rows seen: "
-                         f"train {seen.get('train') or '-'}, validation {seen.get('valid') or '-'}")
+                         f"train {seen.get('train') or '-'}, validation {seen.get('valid') or '-'}"
+                         + (f"; targets: {recipe['targets']}" if recipe.get("targets") else ""))
         elif meta.get("rows_seen"):
             for part, files in meta["rows_seen"].items():
                 for origin, spec in files.items():

@@ -101,3 +101,16 @@ def test_self_targets_with_no_right_answer_is_a_clear_error(tiny_ggufs, tiny_qwe
         recipe.run_recipe(cfg, said.append)
     assert "the base (llamacpp" in said[1] and "answers the 2 training questions" in said[1]
     assert len((tmp_path / "run" / "self-targets" / self_targets.RESULTS).read_text().splitlines()) == 2
+
+
+def test_the_report_and_the_model_card_say_the_targets_were_the_base_own_answers():
+    from app.hub_push import model_card
+
+    targets = "self: the base's right, finished answers to 70 of 600 training rows"
+    split = {"source": "pkg", "train": "rows 0-999", "heldout": "rows 1000-1318", "n_heldout": 319, "targets": targets}
+    assert f"Targets: {targets}." in recipe.report_markdown({"engines": {}}, split, None)
+    meta = {"training": {"rank": 16}, "recipe": {"name": "math-gsm8k", "source": "pkg", "train": "rows 0-999",
+                                                 "heldout": "rows 1000-1318", "targets": targets,
+                                                 "rows_seen": {"train": "3,7", "valid": "9"}}}
+    card = model_card("math", "me/math", "Qwen/Qwen2.5-Coder-0.5B-Instruct", meta)
+    assert "rows seen: train 3,7, validation 9; targets: self: the base's right, finished answers" in card

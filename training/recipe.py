@@ -162,7 +162,7 @@ def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
         folder = api.train(config, report, cancel)
     meta_file = folder / METADATA_FILE
     meta = json.loads(meta_file.read_text())
-    meta["recipe"] = {"name": "math-gsm8k", **{k: v for k, v in split.items() if k != "folder"},
+    meta["recipe"] = {"name": "math-gsm8k", **{k: v for k, v in split.items() if k not in ("folder", "train_rows")},
                       "rows_seen": source_rows_seen(meta, split)}
     meta_file.write_text(json.dumps(meta, indent=2))
     return folder
@@ -215,7 +215,8 @@ def summarize(per_engine: dict[str, dict[str, dict[str, float]]]) -> dict:
 def report_markdown(summary: dict, split: dict, adapter: Path | None) -> str:
     lines = ["# math-gsm8k recipe", "",
              f"Data: {split['source']}; trained on {split['train']}, held out {split['heldout']} "
-             f"({split['n_heldout']} items)." + (f" Adapter: `{adapter}`." if adapter else ""), "",
+             f"({split['n_heldout']} items)." + (f" Targets: {split['targets']}." if split.get("targets") else "")
+             + (f" Adapter: `{adapter}`." if adapter else ""), "",
              "| engine | configuration | items | exact match | 95 % interval |", "|---|---|---|---|---|"]
     for engine, row in summary["engines"].items():
         for config in ("base", "adapter"):
@@ -287,7 +288,7 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
         say(f"evaluating base and adapter on {engine}")
         per_engine[engine] = _evaluate(cfg, engine, Path(split["folder"]).parent, say, progress, cancel)
     summary = summarize(per_engine)
-    summary.update(split={k: v for k, v in split.items() if k != "folder"}, adapter=str(adapter))
+    summary.update(split={k: v for k, v in split.items() if k not in ("folder", "train_rows")}, adapter=str(adapter))
     (cfg.out / "report.json").write_text(json.dumps(summary, indent=2))
     (cfg.out / "report.md").write_text(report_markdown(summary, split, adapter))
     return summary
