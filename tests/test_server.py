@@ -331,4 +331,6 @@ def _refused(url: str) -> bool:
         httpx.get(url + "/models", timeout=1)
     except httpx.ConnectError:
         return True
+    except httpx.TimeoutException:  # a server mid-shutdown may accept and not answer: ask again
+        return False
     return False
