@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from app.tasks import GenerationSettings, get_task
+from app.bench.evals import EvalOptions
 from training import recipe, self_targets
 from training.sources import DataError
 
-SHORT = GenerationSettings(max_tokens=8)
+SHORT = EvalOptions(max_tokens=8)
 
 
 def rows(n: int, reference: int = 987654321) -> list[dict]:
@@ -47,9 +47,9 @@ def engine(tiny_ggufs):
 
 
 def test_answers_are_batched_recorded_in_order_and_not_asked_again(engine, tmp_path):
-    qs, task = rows(5), get_task("math")
-    together = self_targets.answer_rows(engine, qs, task, tmp_path / "a", SHORT, workers=4)
-    alone = self_targets.answer_rows(engine, qs, task, tmp_path / "b", SHORT, workers=1)
+    qs = rows(5)
+    together = self_targets.answer_rows(engine, qs, tmp_path / "a", SHORT, workers=4)
+    alone = self_targets.answer_rows(engine, qs, tmp_path / "b", SHORT, workers=1)
     assert [r["row"] for r in together] == list(range(5))
     # a batched greedy answer is the same as a lone one
     assert [r["output"] for r in together] == [r["output"] for r in alone]
@@ -59,13 +59,13 @@ def test_answers_are_batched_recorded_in_order_and_not_asked_again(engine, tmp_p
     assert len(before.splitlines()) == 5
     # a rerun reads the answers back (a torn last line from a crash is skipped and asked again)
     file.write_text(before + '{"row": 4, "outp')
-    again = self_targets.answer_rows(engine, qs, task, tmp_path / "a", SHORT, workers=4)
+    again = self_targets.answer_rows(engine, qs, tmp_path / "a", SHORT, workers=4)
     assert again == together
     assert file.read_text() == before + '{"row": 4, "outp\n'
 
 
 def test_a_cancelled_run_keeps_what_it_answered(engine, tmp_path):
-    qs, task = rows(6), get_task("math")
+    qs = rows(6)
     cancel = threading.Event()
     seen = []
 
@@ -74,9 +74,9 @@ def test_a_cancelled_run_keeps_what_it_answered(engine, tmp_path):
         if done == 2:
             cancel.set()
 
-    got = self_targets.answer_rows(engine, qs, task, tmp_path, SHORT, workers=1, progress=progress, cancel=cancel)
+    got = self_targets.answer_rows(engine, qs, tmp_path, SHORT, workers=1, progress=progress, cancel=cancel)
     assert len(got) == 2 and seen == [1, 2]
-    rest = self_targets.answer_rows(engine, qs, task, tmp_path, SHORT, workers=2)
+    rest = self_targets.answer_rows(engine, qs, tmp_path, SHORT, workers=2)
     assert [r["row"] for r in rest] == list(range(6)) and rest[:2] == got
 
 

@@ -75,12 +75,17 @@ def write_split(out: Path, source: str = "package", package_file: Path | None = 
     return info
 
 
+def _recorded(split: dict) -> dict:
+    """The split as the adapter and the report record it (the kept-row list is in rows_seen)."""
+    return {k: v for k, v in split.items() if k not in ("folder", "train_rows")}
+
+
 def source_rows_seen(meta: dict, split: dict) -> dict[str, str]:
     """The rows of the split's source (0-based) the adapter trained and validated on, as ranges."""
     out = {}
+    # self-distilled targets keep some of the rows only: their source rows are listed
+    kept, offset = split.get("train_rows"), split["train_row_offset"]
     for part, files in meta.get("rows_seen", {}).items():
-        # self-distilled targets keep some of the rows only: their source rows are listed
-        kept, offset = split.get("train_rows"), split["train_row_offset"]
         rows = [kept[n - 1] if kept else offset + n - 1 for origin, spec in files.items()
                 if Path(origin).name == "train.jsonl" for n in parse_ranges(spec)]
         out[part] = row_ranges(rows)
@@ -112,7 +117,6 @@ def _self_targets(cfg: RecipeConfig, split: dict, say, cancel) -> dict | None:
     """Replace the training file's solutions by the base model's own right, finished answers
     (training/self_targets.py); the answers are kept under <out>/self-targets, so a rerun reuses them."""
     from app.engine import create_engine
-    from app.tasks import get_task
     from training import self_targets
 
     train_file = Path(split["folder"]) / "train.jsonl"
@@ -128,7 +132,7 @@ def _self_targets(cfg: RecipeConfig, split: dict, say, cancel) -> dict | None:
             say(f"  answered {done}/{total}, right {right}")
 
     try:
-        records = self_targets.answer_rows(engine, rows, get_task("math"), cfg.out / "self-targets",
+        records = self_targets.answer_rows(engine, rows, cfg.out / "self-targets",
                                            progress=progress, cancel=cancel)
     finally:
         engine.unload()
@@ -162,7 +166,7 @@ def _train(cfg: RecipeConfig, split: dict, say, cancel) -> Path:
         folder = api.train(config, report, cancel)
     meta_file = folder / METADATA_FILE
     meta = json.loads(meta_file.read_text())
-    meta["recipe"] = {"name": "math-gsm8k", **{k: v for k, v in split.items() if k not in ("folder", "train_rows")},
+    meta["recipe"] = {"name": "math-gsm8k", **_recorded(split),
                       "rows_seen": source_rows_seen(meta, split)}
     meta_file.write_text(json.dumps(meta, indent=2))
     return folder
@@ -288,7 +292,7 @@ def run_recipe(cfg: RecipeConfig, say: Callable[[str], None] = print, progress=N
         say(f"evaluating base and adapter on {engine}")
         per_engine[engine] = _evaluate(cfg, engine, Path(split["folder"]).parent, say, progress, cancel)
     summary = summarize(per_engine)
-    summary.update(split={k: v for k, v in split.items() if k not in ("folder", "train_rows")}, adapter=str(adapter))
+    summary.update(split=_recorded(split), adapter=str(adapter))
     (cfg.out / "report.json").write_text(json.dumps(summary, indent=2))
     (cfg.out / "report.md").write_text(report_markdown(summary, split, adapter))
     return summary

@@ -9,70 +9,52 @@ keep its reasoning and teach it to finish.
 """
 from __future__ import annotations
 
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from app.bench import metrics
-from app.bench.evals import generate
-from app.tasks import GenerationSettings, Task
+from app.bench.evals import EvalOptions, get_eval
+from app.bench.quality import Appender, read_results
 
 RESULTS = "answers.jsonl"  # every answer, right or wrong: a rerun continues where it stopped
 
 
-def _done(path: Path) -> dict[int, dict]:
-    out = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from a crash
-                continue
-            out[rec["row"]] = rec
-    return out
-
-
-def answer_rows(engine, rows: list[dict], task: Task, out_dir: Path, settings: GenerationSettings | None = None,
+def answer_rows(engine, rows: list[dict], out_dir: Path, opts: EvalOptions | None = None,
                 workers: int | None = None, progress: Callable[[int, int, int], None] | None = None,
                 cancel: threading.Event | None = None) -> list[dict]:
-    """The engine's answer to each row (GSM8K schema: question, answer), `workers` at a time (the
-    llama.cpp engine decodes concurrent answers in one batch). Returns one record per row, in order;
-    rows answered by an earlier run are read back, not asked again."""
-    settings = settings or task.generation
+    """The engine's answer to each row (GSM8K schema: question, answer), asked and scored as the
+    GSM8K benchmark does, `workers` at a time (the llama.cpp engine decodes concurrent answers in
+    one batch). Returns one record per row, in order; rows answered by an earlier run are read
+    back, not asked again."""
+    gsm8k, opts = get_eval("gsm8k"), opts or EvalOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS
-    done = _done(path)
+    done = {rec["row"]: rec for rec in read_results(out_dir / RESULTS)}
+    out = Appender(out_dir / RESULTS)
     lock = threading.Lock()
     cancel = cancel or threading.Event()
-    todo = [i for i in range(len(rows)) if i not in done]
-    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("\n")
 
     def one(i: int) -> None:
         if cancel.is_set():
             return
-        row = rows[i]
-        text, stats = generate(engine, task.messages(row["question"]), settings, cancel)
+        text, scores, stats = gsm8k.run(engine, rows[i], opts, cancel)
         if cancel.is_set():
             return  # a cut answer is not an answer; the rerun asks again
-        reference = metrics.gsm8k_reference(row["answer"])
-        rec = {"row": i, "output": text, "prediction": metrics.extract_answer(text), "reference": reference,
-               "finish_reason": stats.get("finish_reason"), "tokens": stats.get("generation_tokens")}
-        rec["right"] = bool(metrics.exact_match(rec["prediction"], reference))
+        rec = {"row": i, "output": text, "prediction": scores["prediction"], "reference": scores["reference"],
+               "finish_reason": stats.get("finish_reason"), "tokens": stats.get("generation_tokens"),
+               "right": bool(scores["exact_match"])}
+        out.write(rec)
         with lock:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             done[i] = rec
             if progress:
                 progress(len(done), len(rows), sum(r["right"] for r in done.values()))
 
-    n = workers or getattr(engine, "max_batch", 1) or 1
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        for f in [pool.submit(one, i) for i in todo]:
-            f.result()
+    try:
+        with ThreadPoolExecutor(max_workers=workers or getattr(engine, "max_batch", 1) or 1) as pool:
+            for f in [pool.submit(one, i) for i in range(len(rows)) if i not in done]:
+                f.result()
+    finally:
+        out.close()
     return [done[i] for i in range(len(rows)) if i in done]
 
 

@@ -150,7 +150,9 @@ def read_results(path: Path) -> list[dict]:
     return out
 
 
-class _Appender:
+class Appender:
+    """Appends JSON records, one per line, from many threads; each is on disk when write returns."""
+
     def __init__(self, path: Path):
         torn = False
         if path.exists() and path.stat().st_size:
@@ -232,7 +234,7 @@ def run_quality(cfg: QualityConfig, progress: Callable[[Progress], None] | None 
         groups.setdefault(model_ref_for(c, slm, kind), []).append(c)
     adapter_tasks = sorted({get_eval(t).task for t in data if get_eval(t).task} |
                            (set(task_names()) if "hellaswag" in data else set()))
-    out = _Appender(results_path)
+    out = Appender(results_path)
     try:
         for ref, names in groups.items():
             if cancel.is_set():
