@@ -252,3 +252,22 @@ def test_unisolated_programs_are_marked_beside_the_scores(tmp_path):
         assert ("pass@1 100.0% (n=2, unisolated)" in md) is marked
         assert ("unisolated: 1 of 2 program(s)" in md) is marked
         assert csv_text.splitlines()[1].endswith(",1" if marked else ",0")
+
+
+def test_items_answered_together_score_as_one_at_a_time(tiny_qwen, tiny_adapters, tmp_path):
+    """`together`: the engine's answer_many (torch: one batch) gives every generating eval the same
+    outputs and scores as lone answers; log-likelihood evals still run one item at a time."""
+    _store_adapters(tiny_adapters)
+    got = {}
+    for together in (1, 3):
+        cfg = QualityConfig(tasks=("gsm8k", "mathqa", "paraphrase", "cnn_dailymail"), configs=("base", "adapter"),
+                            model=str(tiny_qwen), engine="torch", out_dir=tmp_path / str(together), data_dir=DATA,
+                            limit=3, options=evals.EvalOptions(max_tokens=8), together=together)
+        results = run_quality(cfg)
+        assert results["meta"]["together"] == together
+        got[together] = {(r["task"], r["config"], r["item_id"]): r for r in read_results(cfg.out_dir / "results.jsonl")}
+    assert got[1].keys() == got[3].keys() and len(got[1]) == 2 * (3 + 3 + 3 + 2)  # the sample has 2 articles
+    for key, lone in got[1].items():
+        assert (got[3][key]["output"], got[3][key]["scores"]) == (lone["output"], lone["scores"]), key
+    batched = {k[0]: r["stats"].get("batch") for k, r in got[3].items()}
+    assert batched == {"gsm8k": 3, "mathqa": None, "paraphrase": 3, "cnn_dailymail": 2}

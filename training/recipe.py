@@ -177,7 +177,8 @@ def _evaluate(cfg: RecipeConfig, engine: str, data_dir: Path, say, progress, can
     model = cfg.gguf if engine == "llamacpp" and cfg.gguf else cfg.model
     out = cfg.out / f"bench-{engine}"
     qc = QualityConfig(tasks=("gsm8k",), configs=("base", "adapter"), model=model, engine=engine,
-                       limit=cfg.limit, data_dir=data_dir, out_dir=out, resume=True)
+                       limit=cfg.limit, data_dir=data_dir, out_dir=out, resume=True,
+                       together=None)  # accuracy only: answers batched where the engine can
     results = run_quality(qc, progress, cancel)
     for skip in results["skipped"]:  # else a report with one row would look like a finished run
         say(f"  not evaluated on {engine}: {skip['task']} {skip['config']}: {skip['reason']}")

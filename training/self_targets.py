@@ -10,7 +10,6 @@ keep its reasoning and teach it to finish.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -24,35 +23,37 @@ def answer_rows(engine, rows: list[dict], out_dir: Path, opts: EvalOptions | Non
                 workers: int | None = None, progress: Callable[[int, int, int], None] | None = None,
                 cancel: threading.Event | None = None) -> list[dict]:
     """The engine's answer to each row (GSM8K schema: question, answer), asked and scored as the
-    GSM8K benchmark does, `workers` at a time (the llama.cpp engine decodes concurrent answers in
-    one batch). Returns one record per row, in order; rows answered by an earlier run are read
+    GSM8K benchmark does, `workers` at a time (the engine's `answer_many`: one batch on llama.cpp
+    and torch). Returns one record per row, in order; rows answered by an earlier run are read
     back, not asked again."""
     gsm8k, opts = get_eval("gsm8k"), opts or EvalOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
     done = {rec["row"]: rec for rec in read_results(out_dir / RESULTS)}
     out = Appender(out_dir / RESULTS)
-    lock = threading.Lock()
     cancel = cancel or threading.Event()
-
-    def one(i: int) -> None:
-        if cancel.is_set():
-            return
-        text, scores, stats = gsm8k.run(engine, rows[i], opts, cancel)
-        if cancel.is_set():
-            return  # a cut answer is not an answer; the rerun asks again
-        rec = {"row": i, "output": text, "prediction": scores["prediction"], "reference": scores["reference"],
-               "finish_reason": stats.get("finish_reason"), "tokens": stats.get("generation_tokens"),
-               "right": bool(scores["exact_match"])}
-        out.write(rec)
-        with lock:
-            done[i] = rec
+    todo = [i for i in range(len(rows)) if i not in done]
+    size = workers or engine.together
+    try:
+        for lo in range(0, len(todo), size):
+            if cancel.is_set():
+                break
+            part = todo[lo:lo + size]
+            answers = engine.answer_many([gsm8k.ask(engine, rows[i], opts) for i in part], gsm8k.settings(opts),
+                                         cancel, together=size)
+            for i, got in zip(part, answers):
+                if isinstance(got, Exception):
+                    raise got
+                text, stats = got
+                if stats.get("finish_reason") == "cancelled":
+                    continue  # a cut answer is not an answer; the rerun asks again
+                text, scores = gsm8k.judge(rows[i], text, opts)
+                rec = {"row": i, "output": text, "prediction": scores["prediction"], "reference": scores["reference"],
+                       "finish_reason": stats.get("finish_reason"), "tokens": stats.get("generation_tokens"),
+                       "right": bool(scores["exact_match"])}
+                out.write(rec)
+                done[i] = rec
             if progress:
                 progress(len(done), len(rows), sum(r["right"] for r in done.values()))
-
-    try:
-        with ThreadPoolExecutor(max_workers=workers or getattr(engine, "max_batch", 1) or 1) as pool:
-            for f in [pool.submit(one, i) for i in range(len(rows)) if i not in done]:
-                f.result()
     finally:
         out.close()
     return [done[i] for i in range(len(rows)) if i in done]

@@ -41,6 +41,9 @@ def register(sub, common):
     q.add_argument("--max-input-tokens", type=int, default=1536, help="cut long articles to this many tokens")
     q.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program in the sandbox")
     q.add_argument("--hellaswag-size", type=int, default=200, help="seeded Hellaswag subset size (default 200)")
+    q.add_argument("--together", type=int, default=1,
+                   help="answers generated at once, batched where the engine can (llama.cpp, torch); "
+                        "0: the engine's batch. Default 1, so speed figures are those of lone answers")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_quality)
 
@@ -62,7 +65,8 @@ def cmd_quality(args) -> int:
                        humaneval_timeout=args.timeout, hellaswag_size=args.hellaswag_size)
     cfg = QualityConfig(tasks=_split(args.tasks), configs=_split(args.configs), model=args.model,
                         engine=args.engine, limit=args.limit, seed=args.seed, out_dir=Path(args.out),
-                        resume=args.resume, data_dir=Path(args.data_dir) if args.data_dir else None, options=opts)
+                        resume=args.resume, data_dir=Path(args.data_dir) if args.data_dir else None, options=opts,
+                        together=args.together or None)
     bar = _Bar(disabled=args.no_progress)
     cancel = threading.Event()
     try:

