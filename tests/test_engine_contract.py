@@ -63,7 +63,7 @@ ARTICLE = " ".join(f"Sentence {i} of a long article about the harbour." for i in
 
 @pytest.mark.parametrize("kind", ["mlx", "torch", "llamacpp"])
 def test_a_long_input_is_cut_to_leave_room_for_the_answer(kind, short_context_model, tmp_path_factory):
-    from app.engine.base import truncate
+    from app.engine.text import truncate
 
     e = create_engine(kind)
     e.load(_model(kind, short_context_model, tmp_path_factory))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from app.annotations import count_right
 from app.bench import metrics
-from app.engine.base import collect, truncate  # one rule for over-long inputs: the app's too
+from app.engine.base import collect
+from app.engine.text import truncate  # one rule for over-long inputs: the app's too
 from app.tasks import DatasetSpec, GenerationSettings, get_task
 
 HELLASWAG = DatasetSpec(id="Rowan/hellaswag", fields={}, eval_split="validation")

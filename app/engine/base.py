@@ -21,6 +21,8 @@ from app.engine.adapter_format import read_adapter
 from app.engine.base_model import check_base_model
 from app.engine.mix import check_names, check_weights, label
 from app.engine.model_files import files_only
+from app.engine.text import count_tokens, find_stop, truncate
+from app.memory import give_back_freed_memory
 from app.errors import AdapterError, EngineError  # noqa: F401 - engine modules import them from here too
 from app.tasks import GenerationSettings
 
@@ -405,7 +407,7 @@ class Engine(ABC):
             return tokens, 0
         last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
         content = messages[last]["content"] if last is not None else ""
-        n_input = _count(self, content)
+        n_input = count_tokens(self, content)
         keep = n_input - (len(tokens) - room)
         for _ in range(8):  # tokens can merge across the cut: recount and cut a little more
             if keep <= 0:
@@ -436,49 +438,3 @@ def collect(chunks: Iterator[Chunk]) -> tuple[str, dict]:
                      ttft=last.time_to_first_token, peak_memory_gb=last.peak_memory,
                      finish_reason=last.finish_reason)
     return "".join(text), stats
-
-
-def _special_prefix(engine) -> list[int]:
-    """Ids `encode` puts before any text (a BOS token for Llama/Gemma tokenizers; none for Qwen)."""
-    return engine.encode("")
-
-
-def _count(engine, text: str) -> int:
-    return len(engine.encode(text)) - len(_special_prefix(engine))
-
-
-def truncate(engine, text: str, max_tokens: int) -> str:
-    """Cut `text` to its first `max_tokens` tokens, keeping its start: the one rule for over-long
-    inputs, used by the benchmark (long articles) and by `Engine.fit_prompt` (the app and CLI)."""
-    tokens = engine.encode(text)
-    prefix = _special_prefix(engine)
-    if prefix and tokens[: len(prefix)] == prefix:  # the BOS is the prompt's, not the text's
-        tokens = tokens[len(prefix):]
-    if len(tokens) <= max_tokens:
-        return text
-    return engine.decode(tokens[:max_tokens])
-
-
-def find_stop(text: str, stops, shown: int) -> int | None:
-    """Index where the earliest stop string starts in the not-yet-final part of `text`."""
-    hits = []
-    for s in stops:
-        if s:
-            i = text.find(s, max(0, shown - len(s)))
-            if i >= 0:
-                hits.append(i)
-    return min(hits) if hits else None
-
-
-def give_back_freed_memory() -> None:
-    """Return freed heap pages to the system (glibc's malloc_trim). Reading and converting an adapter
-    frees tens of MB of temporary arrays that glibc would otherwise keep: 4 rank-16 adapters of a 0.5B
-    model held 1.47x their size in RSS, 1.006x after this."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # musl or another libc: nothing to do
-            pass

@@ -44,3 +44,35 @@ def split_for_loglikelihood(encode, context: str, continuation: str) -> tuple[li
     if not ctx:
         raise ValueError("context must not be empty")
     return ctx, cont
+
+
+def special_prefix(engine) -> list[int]:
+    """Ids `encode` puts before any text (a BOS token for Llama/Gemma tokenizers; none for Qwen)."""
+    return engine.encode("")
+
+
+def count_tokens(engine, text: str) -> int:
+    return len(engine.encode(text)) - len(special_prefix(engine))
+
+
+def truncate(engine, text: str, max_tokens: int) -> str:
+    """Cut `text` to its first `max_tokens` tokens, keeping its start: the one rule for over-long
+    inputs, used by the benchmark (long articles) and by `Engine.fit_prompt` (the app and CLI)."""
+    tokens = engine.encode(text)
+    prefix = special_prefix(engine)
+    if prefix and tokens[: len(prefix)] == prefix:  # the BOS is the prompt's, not the text's
+        tokens = tokens[len(prefix):]
+    if len(tokens) <= max_tokens:
+        return text
+    return engine.decode(tokens[:max_tokens])
+
+
+def find_stop(text: str, stops, shown: int) -> int | None:
+    """Index where the earliest stop string starts in the not-yet-final part of `text`."""
+    hits = []
+    for s in stops:
+        if s:
+            i = text.find(s, max(0, shown - len(s)))
+            if i >= 0:
+                hits.append(i)
+    return min(hits) if hits else None

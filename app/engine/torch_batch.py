@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from app.engine.base import find_stop
+from app.engine.text import find_stop
 from app.engine.rates import decode_rate
 
 
