@@ -45,13 +45,11 @@ def decode_together(model, device: str, prompts: list[list[int]], settings, eos:
     texts = [""] * n
     counts, finish = [0] * n, [None] * n
     live = list(range(n))  # original row of each batch row
-    import inspect
-
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    arg = cache_arg(model)
     start = time.perf_counter()
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                 use_cache=True, logits_to_keep=1)
-    cache, logits = _cache_of(out), out.logits[:, -1]
+    cache, logits = cache_of(out), out.logits[:, -1]
     prompt_tps = sum(map(len, prompts)) / max(time.perf_counter() - start, 1e-9)
     t_first = time.perf_counter()
     for step in range(1, settings.max_tokens + 1):
@@ -65,9 +63,11 @@ def decode_together(model, device: str, prompts: list[list[int]], settings, eos:
             counts[i] = step
             if token in eos:
                 finish[i] = "stop"
+                texts[i] += detoks[i].flush()
                 continue
+            shown = len(texts[i])
             texts[i] += detoks[i].add(token)
-            cut = find_stop(texts[i], settings.stop, 0)
+            cut = find_stop(texts[i], settings.stop, shown)
             if cut is not None:  # as stream_generate: the answer ends where a stop string starts
                 texts[i], finish[i] = texts[i][:cut], "stop"
                 continue
@@ -86,14 +86,14 @@ def decode_together(model, device: str, prompts: list[list[int]], settings, eos:
         mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=torch.tensor([[t] for t in nxt], device=device), attention_mask=mask.to(device),
-                    position_ids=positions.to(device), use_cache=True, **{cache_arg: cache})
-        cache, logits = _cache_of(out), out.logits[:, -1]
+                    position_ids=positions.to(device), use_cache=True, **{arg: cache})
+        cache, logits = cache_of(out), out.logits[:, -1]
     now = time.perf_counter()
     results = []
     for i in range(n):
         if finish[i] is None:
             finish[i] = "cancelled"
-        if finish[i] != "stop":
+        if finish[i] != "stop":  # eos flushed already; a stop string's cut drops the rest
             texts[i] += detoks[i].flush()
         results.append((texts[i], {
             "prompt_tokens": len(prompts[i]), "prompt_tps": prompt_tps, "generation_tokens": counts[i],
@@ -101,6 +101,14 @@ def decode_together(model, device: str, prompts: list[list[int]], settings, eos:
     return results
 
 
-def _cache_of(out):
-    """transformers 5 returns the KV cache as `cache`, older releases as `past_key_values`."""
+def cache_arg(model) -> str:
+    """The forward argument that takes the KV cache: transformers 5 names it `cache`, older
+    releases `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache a forward call returned, under either name (see `cache_arg`)."""
     return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")

@@ -28,6 +28,7 @@ from app.engine.rates import decode_rate, prefill_spans
 from app.engine.lora import LoraWeights, fingerprint_of
 from app.engine.torch_lora import SharedActive, share_active
 from app.engine.text import chat_prompt, encode, split_for_loglikelihood
+from app.engine.torch_batch import cache_arg, cache_of, decode_together
 from app.errors import AdapterError, EngineError
 from app.tasks import GenerationSettings
 
@@ -330,8 +331,6 @@ class TorchEngine(Engine):
     def answer_many(self, prompts, settings=None, cancel=None, together=None):
         """Batches of `together` prompts decoded as one (torch_batch.py), under the engine's lock
         and the active adapter set; a prompt that does not fit gets its EngineError, the rest run."""
-        from app.engine.torch_batch import decode_together  # late: only batch work needs it
-
         settings = settings or GenerationSettings()
         self.require_model()
         rows = together or self.together
@@ -390,19 +389,18 @@ class TorchEngine(Engine):
 
 
 def _stepper(model, device: str):
-    """A function feeding new tokens through `model` with a KV cache, returning the last logits.
-    transformers 5 names the cache argument `cache`; older releases `past_key_values`."""
+    """A function feeding new tokens through `model` with a KV cache, returning the last logits."""
     import inspect
 
     params = inspect.signature(model.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
+    arg = cache_arg(model)
     keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     state = {}
 
     def step(tokens: list[int]) -> torch.Tensor:
         ids = torch.tensor([tokens], device=device)
-        out = model(input_ids=ids, use_cache=True, **{cache_arg: state.get("cache")}, **keep)
-        state["cache"] = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+        out = model(input_ids=ids, use_cache=True, **{arg: state.get("cache")}, **keep)
+        state["cache"] = cache_of(out)
         return out.logits[0, -1]
 
     return step
